@@ -1,0 +1,32 @@
+"""Exception types shared by the whole package.
+
+Every error a user can cause derives from :class:`XpcnnError` and from the builtin type a Python
+user expects (``ValueError``, ``TypeError``, ``RuntimeError``), so ``except ValueError`` keeps
+working and the command line can map them all to exit code 2 with one clear message.
+"""
+
+from __future__ import annotations
+
+
+class XpcnnError(Exception):
+    """Base class of every error raised on purpose by xpcnn."""
+
+
+class InputError(XpcnnError, ValueError):
+    """A value, shape, flag or file given by the user is not what was expected."""
+
+
+class ShapeError(InputError):
+    """An array has the wrong rank, channel count or size for a layer or model."""
+
+
+class DataError(InputError):
+    """A dataset file is missing, truncated, corrupt or has unexpected contents."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint file is missing, corrupt, tampered with, or from another architecture."""
+
+
+class DeviceError(XpcnnError, RuntimeError):
+    """The requested device cannot be used (CuPy missing, no CUDA device, out of memory)."""
