@@ -1,0 +1,210 @@
+"""Device selection: the only module of xpcnn that names CuPy.
+
+``"cpu"`` gives NumPy's Array API namespace, ``"gpu"`` CuPy's namespace on the current CUDA
+device, ``"auto"`` the GPU when one is usable and the CPU otherwise. The default comes from the
+environment variable ``XPCNN_DEVICE``, else ``"cpu"``. CuPy is imported lazily, only when a GPU
+is asked for.
+
+Everything above this module works with a :class:`Backend` (a namespace plus a device) and never
+imports NumPy or CuPy for model arrays. Host data (datasets, initial weights, checkpoints) are
+NumPy arrays; :meth:`Backend.asarray` moves them to the device in one transfer and
+:func:`to_numpy` brings any array back.
+
+Examples
+--------
+>>> from xpcnn.backend import get_backend, to_numpy
+>>> be = get_backend("cpu")
+>>> x = be.asarray([[1.0, 2.0]], dtype="float32")
+>>> to_numpy(x * 2).tolist()
+[[2.0, 4.0]]
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, is_cupy_array, is_numpy_array
+from array_api_compat import device as _device_of
+from array_api_compat import to_device as _to_device
+
+from .errors import DeviceError
+
+DEVICES = ("cpu", "gpu", "auto")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An Array API namespace and a device of it.
+
+    Parameters
+    ----------
+    name : str
+        ``"cpu"``, ``"gpu"`` or a free-form label (tests use ``"strict"``).
+    xp : module
+        The Array API namespace (``array_api_compat.numpy``, ``array_api_compat.cupy``,
+        ``array_api_strict``, ...).
+    device : object
+        A device object of ``xp``; arrays are created there.
+    """
+
+    name: str
+    xp: Any
+    device: Any = None
+
+    def asarray(self, a, dtype=None):
+        """Move host data (NumPy array, list, scalar) onto this backend in one transfer."""
+        if isinstance(dtype, str):
+            dtype = getattr(self.xp, dtype)
+        if self.name == "cpu" or not hasattr(a, "__array_namespace__"):
+            return self.xp.asarray(a, dtype=dtype, device=self.device)
+        # An array of another namespace: go through the host, explicitly.
+        return self.xp.asarray(to_numpy(a), dtype=dtype, device=self.device)
+
+    def dtype(self, name: str):
+        """The namespace's dtype object for ``"float32"``/``"float64"``/``"int64"``."""
+        return getattr(self.xp, name)
+
+    def owns(self, x) -> bool:
+        """Whether ``x`` is an array of this namespace on this device."""
+        try:
+            same_ns = array_namespace(x) is array_namespace(self.xp.empty(0, device=self.device))
+        except TypeError:
+            return False
+        return same_ns and _device_of(x) == self.device
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU); call before reading a clock."""
+        if self.name == "gpu":
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()
+
+    def __str__(self) -> str:  # what users see in summaries and logs
+        if self.name == "gpu":
+            return f"gpu:{self.device.id} ({gpu_name(self.device.id)})"
+        return self.name
+
+
+def default_device() -> str:
+    """The device name from ``XPCNN_DEVICE``, else ``"cpu"``."""
+    return os.environ.get("XPCNN_DEVICE", "cpu").strip().lower() or "cpu"
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise DeviceError(
+            "device='gpu' needs CuPy, which is not installed. Install the GPU extra, "
+            "e.g. `pip install 'xpcnn[gpu]'` (a CuPy wheel matching your CUDA major version), "
+            f"or use --device cpu. (import error: {exc})"
+        ) from None
+    return cupy
+
+
+def gpu_problem() -> str | None:
+    """Why no CUDA device is usable, or None when one is. Never raises."""
+    try:
+        cupy = _cupy()
+    except DeviceError as exc:
+        return str(exc)
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            return "CuPy is installed but CUDA reports no GPU (device count 0)."
+        cupy.cuda.Device(0).compute_capability  # noqa: B018  (touches the driver)
+        cupy.zeros(1).sum().item()
+    except Exception as exc:  # CUDARuntimeError, CompileException, driver errors
+        return (
+            "CuPy is installed but no CUDA device is usable: "
+            f"{type(exc).__name__}: {exc}. Use --device cpu, or check the NVIDIA driver "
+            "(nvidia-smi) and that the CuPy wheel matches your CUDA version."
+        )
+    return None
+
+
+def gpu_name(index: int = 0) -> str:
+    cupy = _cupy()
+    props = cupy.cuda.runtime.getDeviceProperties(index)
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def get_backend(device: str | Backend | None = None) -> Backend:
+    """Resolve ``"cpu"``, ``"gpu"``, ``"auto"`` (or None: ``XPCNN_DEVICE``) to a :class:`Backend`.
+
+    Raises
+    ------
+    DeviceError
+        ``"gpu"`` without CuPy (install ``xpcnn[gpu]``), or with CuPy but no usable CUDA device
+        (the message gives CUDA's reason).
+    ValueError
+        Any other device name.
+    """
+    if isinstance(device, Backend):
+        return device
+    name = default_device() if device is None else str(device).strip().lower()
+    if name not in DEVICES:
+        raise ValueError(
+            f"Unknown device {device!r}. Expected one of 'cpu', 'gpu', 'auto' "
+            "(or set XPCNN_DEVICE to one of them)."
+        )
+    if name == "auto":
+        name = "gpu" if gpu_problem() is None else "cpu"
+    if name == "cpu":
+        import array_api_compat.numpy as xp_np
+
+        return Backend("cpu", xp_np, "cpu")
+    problem = gpu_problem()
+    if problem is not None:
+        raise DeviceError(problem)
+    import array_api_compat.cupy as xp_cp
+
+    cupy = _cupy()
+    return Backend("gpu", xp_cp, cupy.cuda.Device())
+
+
+def backend_of(x) -> Backend:
+    """The backend an existing array lives on."""
+    xp = array_namespace(x)
+    if is_numpy_array(x):
+        return Backend("cpu", xp, "cpu")
+    if is_cupy_array(x):
+        return Backend("gpu", xp, _device_of(x))
+    return Backend(getattr(xp, "__name__", "array"), xp, _device_of(x))
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy any supported array (NumPy, CuPy, array-api-strict) to a host NumPy array."""
+    if isinstance(x, np.ndarray):
+        return x
+    if is_cupy_array(x):
+        return x.get()
+    if hasattr(x, "__array_namespace__"):
+        return np.from_dlpack(x) if not hasattr(x, "__array__") else np.asarray(x)
+    return np.asarray(x)
+
+
+def move(x, backend: Backend):
+    """``x`` on ``backend``: a no-op when already there, else one explicit transfer."""
+    if backend.owns(x):
+        return x
+    try:
+        if array_namespace(x) is array_namespace(backend.xp.empty(0, device=backend.device)):
+            return _to_device(x, backend.device)
+    except TypeError:
+        pass
+    return backend.asarray(to_numpy(x))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device or host out-of-memory error."""
+    if isinstance(exc, MemoryError):
+        return True
+    return type(exc).__name__ in {"OutOfMemoryError", "CUDARuntimeError"} and "memory" in str(
+        exc
+    ).lower()
