@@ -184,8 +184,8 @@ def to_numpy(x) -> np.ndarray:
         return x
     if is_cupy_array(x):
         return x.get()
-    if hasattr(x, "__array_namespace__"):
-        return np.from_dlpack(x) if not hasattr(x, "__array__") else np.asarray(x)
+    if hasattr(x, "__dlpack__"):
+        return np.array(np.from_dlpack(x), copy=True)
     return np.asarray(x)
 
 

@@ -1,0 +1,21 @@
+"""Pure kernels: arrays in, arrays out, forward and backward side by side (see each module)."""
+
+from .activations import ACTIVATIONS, sigmoid, softmax
+from .conv import conv2d_backward, conv2d_forward
+from .dense import (
+    dense_backward,
+    dense_forward,
+    dropout_backward,
+    dropout_forward,
+    flatten_backward,
+    flatten_forward,
+)
+from .losses import LOSSES, accuracy, one_hot
+from .pooling import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+
+__all__ = [
+    "ACTIVATIONS", "LOSSES", "accuracy", "avg_pool2d_backward", "avg_pool2d_forward",
+    "conv2d_backward", "conv2d_forward", "dense_backward", "dense_forward", "dropout_backward",
+    "dropout_forward", "flatten_backward", "flatten_forward", "max_pool2d_backward",
+    "max_pool2d_forward", "one_hot", "sigmoid", "softmax",
+]

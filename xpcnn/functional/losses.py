@@ -1,0 +1,128 @@
+"""Losses (averaged over the batch) and accuracy; each forward returns ``(loss, cache)`` and each
+backward returns ∂E/∂(prediction) of that averaged loss.
+
+Notation: N samples, K outputs (classes); O predictions, y targets.
+
+squared_error (the tutorial's loss)
+    E = (1/N) Σ_n Σ_k (y - O)² / 2                      ∂E/∂O = (O - y) / N
+binary_cross_entropy (O are probabilities, clipped to [ε, 1-ε])
+    E = -(1/N) Σ [y log O + (1-y) log(1-O)]             ∂E/∂O = (O - y) / (O (1-O)) / N
+binary_cross_entropy_with_logits (stable for any z)
+    E = (1/N) Σ [max(z, 0) - z y + log(1 + e^{-|z|})]    ∂E/∂z = (σ(z) - y) / N
+softmax_cross_entropy (logits z (N, K), integer labels t (N,); stable log-sum-exp)
+    E = (1/N) Σ_n [log Σ_k e^{z_nk} - z_{n,t_n}]        ∂E/∂z = (softmax(z) - onehot(t)) / N
+"""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from ..errors import ShapeError
+from ._checks import check_float_array, check_same_backend
+from .activations import sigmoid, softmax
+
+
+def _check_pair(op, pred, target):
+    check_same_backend(op, pred, target)
+    check_float_array(op, "prediction", pred)
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ShapeError(
+            f"{op}: prediction and target shapes differ. Received prediction.shape={tuple(pred.shape)}, "
+            f"target.shape={tuple(target.shape)}."
+        )
+    return array_namespace(pred)
+
+
+def squared_error_forward(pred, target):
+    xp = _check_pair("squared_error", pred, target)
+    diff = pred - xp.astype(target, pred.dtype)
+    return xp.sum(diff * diff) / (2 * pred.shape[0]), diff
+
+
+def squared_error_backward(diff):
+    return diff / diff.shape[0]
+
+
+def binary_cross_entropy_forward(pred, target, eps=1e-7):
+    xp = _check_pair("binary_cross_entropy", pred, target)
+    p = xp.clip(pred, eps, 1.0 - eps)
+    t = xp.astype(target, pred.dtype)
+    loss = -xp.sum(t * xp.log(p) + (1.0 - t) * xp.log1p(-p)) / pred.shape[0]
+    return loss, (p, t)
+
+
+def binary_cross_entropy_backward(cache):
+    p, t = cache
+    return (p - t) / (p * (1.0 - p)) / p.shape[0]
+
+
+def binary_cross_entropy_with_logits_forward(logits, target):
+    xp = _check_pair("binary_cross_entropy_with_logits", logits, target)
+    t = xp.astype(target, logits.dtype)
+    z = logits
+    loss = xp.sum(xp.maximum(z, xp.zeros_like(z)) - z * t + xp.log1p(xp.exp(-xp.abs(z)))) / z.shape[0]
+    return loss, (z, t)
+
+
+def binary_cross_entropy_with_logits_backward(cache):
+    z, t = cache
+    return (sigmoid(z) - t) / z.shape[0]
+
+
+def one_hot(labels, num_classes, dtype):
+    """(N,) integer labels -> (N, K) 0/1 array, by comparison (no fancy indexing)."""
+    xp = array_namespace(labels)
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=device_of(labels))
+    return xp.astype(labels[:, None] == classes, dtype)
+
+
+def softmax_cross_entropy_forward(logits, labels, *, check_range=False):
+    """``check_range=True`` verifies 0 <= labels < K (a device sync; the model checks on the host)."""
+    xp = check_same_backend("softmax_cross_entropy", logits, labels)
+    check_float_array("softmax_cross_entropy", "logits", logits, ndim=2)
+    n, k = logits.shape
+    if labels.ndim != 1 or labels.shape[0] != n or not xp.isdtype(labels.dtype, "integral"):
+        raise ShapeError(
+            "softmax_cross_entropy: labels must be integers of shape "
+            f"({n},). Received labels.shape={tuple(labels.shape)}, dtype {labels.dtype}."
+        )
+    if check_range and n and (int(xp.min(labels)) < 0 or int(xp.max(labels)) >= k):
+        raise ValueError(
+            f"softmax_cross_entropy: labels must lie in [0, {k - 1}]. Received labels from "
+            f"{int(xp.min(labels))} to {int(xp.max(labels))}."
+        )
+    m = xp.max(logits, axis=1, keepdims=True)
+    shifted = logits - m
+    lse = xp.log(xp.sum(xp.exp(shifted), axis=1))
+    target = one_hot(labels, k, logits.dtype)
+    loss = xp.sum(lse - xp.sum(shifted * target, axis=1)) / n
+    return loss, (logits, target)
+
+
+def softmax_cross_entropy_backward(cache):
+    logits, target = cache
+    return (softmax(logits) - target) / logits.shape[0]
+
+
+def accuracy(pred, target, *, threshold=0.5):
+    """Fraction correct (a 0-d array). Multi-class: arg-max vs integer labels; one output: pred > threshold."""
+    xp = array_namespace(pred)
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        hits = xp.argmax(pred, axis=1) == xp.astype(target, xp.int64)
+    else:
+        hits = xp.astype(pred > threshold, xp.int64) == xp.astype(target, xp.int64)
+    return xp.mean(xp.astype(hits, pred.dtype))
+
+
+LOSSES = {
+    # name: (forward, backward, accuracy threshold for a single output)
+    "squared_error": (squared_error_forward, squared_error_backward, 0.5),
+    "binary_cross_entropy": (binary_cross_entropy_forward, binary_cross_entropy_backward, 0.5),
+    "binary_cross_entropy_with_logits": (
+        binary_cross_entropy_with_logits_forward,
+        binary_cross_entropy_with_logits_backward,
+        0.0,
+    ),
+    "softmax_cross_entropy": (softmax_cross_entropy_forward, softmax_cross_entropy_backward, None),
+}

@@ -1,0 +1,113 @@
+"""Max and average pooling over 2-D windows, NCHW, no padding ("valid", as Keras' default).
+
+Notation
+--------
+N, C     images, channels
+H, W     input height and width
+PH, PW   pool height and width
+SH, SW   strides (default: the pool size)
+OH, OW   output size: OH = (H - PH) // SH + 1
+
+Both kernels loop over the PH×PW offsets of the window with one strided slice each: never over
+images or pixels, and no fancy or boolean indexing (not in the Array API standard).
+
+Max pooling
+-----------
+    y[n, c, oh, ow] = max_{i,j} x[n, c, oh·SH + i, ow·SW + j]
+    ∂E/∂x[n, c, oh·SH + i, ow·SW + j] += dy[n, c, oh, ow]   for the (first) arg-max (i, j) only
+
+The forward keeps the arg-max offset k = i·PW + j per output (ties go to the first, as PyTorch
+does); the backward adds dy where the stored offset equals k.
+
+Average pooling
+---------------
+    y = (1 / (PH·PW)) Σ_{i,j} x[..., oh·SH + i, ow·SW + j]
+    ∂E/∂x[..., oh·SH + i, ow·SW + j] += dy[..., oh, ow] / (PH·PW)
+"""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from ._checks import check_float_array, pair
+
+
+def _geometry(op, x, pool_size, strides):
+    check_float_array(op, "x", x, ndim=4)
+    ph, pw = pair(pool_size, "pool_size")
+    sh, sw = pair(pool_size if strides is None else strides, "strides")
+    h, w = x.shape[2:]
+    if ph > h or pw > w:
+        raise ValueError(
+            f"{op}: pool_size {(ph, pw)} is larger than the input {h}x{w}. Received x.shape={tuple(x.shape)}."
+        )
+    return (ph, pw), (sh, sw), ((h - ph) // sh + 1, (w - pw) // sw + 1)
+
+
+def _window(i, j, strides, out_hw):
+    (sh, sw), (oh, ow) = strides, out_hw
+    return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+
+
+def max_pool2d_forward(x, pool_size=2, strides=None):
+    """Max pooling. Returns ``(y, cache)``.
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> x = xp.reshape(xp.arange(16.0), (1, 1, 4, 4))
+    >>> max_pool2d_forward(x)[0][0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
+    """
+    xp = array_namespace(x)
+    (ph, pw), strides, out_hw = _geometry("max_pool2d", x, pool_size, strides)
+    y = x[_window(0, 0, strides, out_hw)]
+    argmax = xp.zeros(y.shape, dtype=xp.int8 if ph * pw < 128 else xp.int32, device=device_of(x))
+    for i in range(ph):
+        for j in range(pw):
+            if i == j == 0:
+                continue
+            s = x[_window(i, j, strides, out_hw)]
+            better = s > y
+            y = xp.where(better, s, y)
+            argmax = xp.where(better, xp.asarray(i * pw + j, dtype=argmax.dtype, device=device_of(x)), argmax)
+    return y, (argmax, tuple(x.shape), (ph, pw), strides, out_hw)
+
+
+def max_pool2d_backward(dy, cache):
+    """∂E/∂x of :func:`max_pool2d_forward`: dy routed to each window's arg-max."""
+    xp = array_namespace(dy)
+    argmax, x_shape, (ph, pw), strides, out_hw = cache
+    dx = xp.zeros(x_shape, dtype=dy.dtype, device=device_of(dy))
+    zero = xp.zeros_like(dy)
+    for i in range(ph):
+        for j in range(pw):
+            win = _window(i, j, strides, out_hw)
+            dx[win] = dx[win] + xp.where(argmax == i * pw + j, dy, zero)
+    return dx
+
+
+def avg_pool2d_forward(x, pool_size=2, strides=None):
+    """Average pooling. Returns ``(y, cache)``."""
+    (ph, pw), strides, out_hw = _geometry("avg_pool2d", x, pool_size, strides)
+    y = x[_window(0, 0, strides, out_hw)]
+    for i in range(ph):
+        for j in range(pw):
+            if i or j:
+                y = y + x[_window(i, j, strides, out_hw)]
+    return y / (ph * pw), (tuple(x.shape), (ph, pw), strides, out_hw)
+
+
+def avg_pool2d_backward(dy, cache):
+    """∂E/∂x of :func:`avg_pool2d_forward`: dy / (PH·PW) spread over each window."""
+    xp = array_namespace(dy)
+    x_shape, (ph, pw), strides, out_hw = cache
+    dx = xp.zeros(x_shape, dtype=dy.dtype, device=device_of(dy))
+    share = dy / (ph * pw)
+    for i in range(ph):
+        for j in range(pw):
+            win = _window(i, j, strides, out_hw)
+            dx[win] = dx[win] + share
+    return dx
