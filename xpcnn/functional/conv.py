@@ -19,15 +19,17 @@ where xp is x zero-padded. im2col gathers the window values into
 ``cols[n, (c,i,j), (oh,ow)]`` with one strided slice per kernel offset (i, j) — a KH×KW loop,
 never a loop over images or pixels — and the whole layer is ONE matmul:
 
-    Y[n] = K · cols[n]          K = k.reshape(F, C·KH·KW),  Y[n] = y[n].reshape(F, OH·OW)
+    Y = K · cols            K = k.reshape(F, C·KH·KW),  cols (C·KH·KW, N·OH·OW),  Y (F, N·OH·OW)
 
-Because ``cols`` is laid out (N, C·KH·KW, OH·OW), the result already is NCHW: no transpose.
+``cols`` is laid out with the contraction axis first, so the matmul needs no transposed copy, and
+the batch is folded into one big matrix product (one BLAS/cuBLAS call, not N small ones). Y is
+returned as an NCHW view (F, N, OH, OW) -> (N, F, OH, OW), without copying.
 
 Backward (chain rule, dy = ∂E/∂y)
 --------
     ∂E/∂b[f]          = Σ_{n,oh,ow} dy[n, f, oh, ow]
-    ∂E/∂K             = Σ_n dY[n] · cols[n]ᵀ
-    ∂E/∂cols[n]       = Kᵀ · dY[n]
+    ∂E/∂K             = dY · colsᵀ        (the sum over images and positions is inside the matmul)
+    ∂E/∂cols          = Kᵀ · dY
     ∂E/∂x             = col2im(∂E/∂cols): every window value is added back to the pixel it came
                         from (a pixel shared by several windows receives the sum), then the
                         padding is cut off.
@@ -85,33 +87,35 @@ def pad2d(x, pads):
 
 
 def im2col(xpad, kernel_hw, strides, dilation, out_hw):
-    """(N, C, Hp, Wp) -> (N, C·KH·KW, OH·OW): one strided slice per kernel offset."""
+    """(N, C, Hp, Wp) -> cols (C·KH·KW, N·OH·OW): one strided slice per kernel offset (i, j)."""
     xp = array_namespace(xpad)
     n, c = xpad.shape[:2]
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel_hw, strides, dilation, out_hw
-    cols = xp.empty((n, c, kh, kw, oh, ow), dtype=xpad.dtype, device=device_of(xpad))
+    (kh, kw), (dh, dw), (oh, ow) = kernel_hw, dilation, out_hw
+    cols = xp.empty((c, kh, kw, n, oh, ow), dtype=xpad.dtype, device=device_of(xpad))
+    xt = xp.permute_dims(xpad, (1, 0, 2, 3))  # a view: channels first, so each slice lands whole
     for i in range(kh):
-        i0 = i * dh
         for j in range(kw):
-            j0 = j * dw
-            cols[:, :, i, j, :, :] = xpad[:, :, i0 : i0 + sh * (oh - 1) + 1 : sh, j0 : j0 + sw * (ow - 1) + 1 : sw]
-    return xp.reshape(cols, (n, c * kh * kw, oh * ow))
+            cols[:, i, j, ...] = xt[_window(i * dh, j * dw, strides, out_hw)]
+    return xp.reshape(cols, (c * kh * kw, n * oh * ow))
 
 
 def col2im(dcols, padded_shape, kernel_hw, strides, dilation, out_hw):
-    """Adjoint of :func:`im2col`: (N, C·KH·KW, OH·OW) -> (N, C, Hp, Wp), overlaps summed."""
+    """Adjoint of :func:`im2col`: (C·KH·KW, N·OH·OW) -> (N, C, Hp, Wp), overlaps summed."""
     xp = array_namespace(dcols)
     n, c, hp, wp = padded_shape
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel_hw, strides, dilation, out_hw
-    d6 = xp.reshape(dcols, (n, c, kh, kw, oh, ow))
-    dxpad = xp.zeros(padded_shape, dtype=dcols.dtype, device=device_of(dcols))
+    (kh, kw), (oh, ow) = kernel_hw, out_hw
+    d6 = xp.reshape(dcols, (c, kh, kw, n, oh, ow))
+    dxt = xp.zeros((c, n, hp, wp), dtype=dcols.dtype, device=device_of(dcols))
     for i in range(kh):
-        i0 = i * dh
         for j in range(kw):
-            j0 = j * dw
-            win = (slice(None), slice(None), slice(i0, i0 + sh * (oh - 1) + 1, sh), slice(j0, j0 + sw * (ow - 1) + 1, sw))
-            dxpad[win] = dxpad[win] + d6[:, :, i, j, :, :]
-    return dxpad
+            win = _window(i * dilation[0], j * dilation[1], strides, out_hw)
+            dxt[win] = dxt[win] + d6[:, i, j, ...]
+    return xp.permute_dims(dxt, (1, 0, 2, 3))
+
+
+def _window(i0, j0, strides, out_hw):
+    (sh, sw), (oh, ow) = strides, out_hw
+    return (slice(None), slice(None), slice(i0, i0 + sh * (oh - 1) + 1, sh), slice(j0, j0 + sw * (ow - 1) + 1, sw))
 
 
 def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation=1):
@@ -164,10 +168,10 @@ def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation
     xpad = pad2d(x, pads)
     cols = im2col(xpad, (kh, kw), strides, dilation, (oh, ow))
     kmat = xp.reshape(kernel, (f, c * kh * kw))
-    y = xp.matmul(kmat, cols)  # (N, F, OH·OW): already NCHW
+    y = xp.matmul(kmat, cols)  # (F, N·OH·OW): the one matmul
     if bias is not None:
         y = y + xp.reshape(bias, (f, 1))
-    y = xp.reshape(y, (n, f, oh, ow))
+    y = xp.permute_dims(xp.reshape(y, (f, n, oh, ow)), (1, 0, 2, 3))  # NCHW as a view, no copy
     cache = (cols, kernel, bias is not None, tuple(xpad.shape), pads, strides, dilation, (oh, ow))
     return y, cache
 
@@ -187,14 +191,13 @@ def conv2d_backward(dy, cache, *, need_dx=True):
     n = padded_shape[0]
     if tuple(dy.shape) != (n, f, oh, ow):
         raise ValueError(f"conv2d backward: dy must have shape {(n, f, oh, ow)}. Received {tuple(dy.shape)}.")
-    dy3 = xp.reshape(dy, (n, f, oh * ow))
-    dkernel = xp.sum(xp.matmul(dy3, xp.matrix_transpose(cols)), axis=0)
-    dkernel = xp.reshape(dkernel, (f, c, kh, kw))
-    dbias = xp.sum(dy3, axis=(0, 2)) if has_bias else None
+    dy2 = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (f, n * oh * ow))  # (F, N·OH·OW)
+    dkernel = xp.reshape(xp.matmul(dy2, xp.matrix_transpose(cols)), (f, c, kh, kw))
+    dbias = xp.sum(dy2, axis=1) if has_bias else None
     if not need_dx:
         return None, dkernel, dbias
     kmat = xp.reshape(kernel, (f, c * kh * kw))
-    dcols = xp.matmul(xp.matrix_transpose(kmat), dy3)
+    dcols = xp.matmul(xp.matrix_transpose(kmat), dy2)
     dxpad = col2im(dcols, padded_shape, (kh, kw), strides, dilation, (oh, ow))
     (pt, pb), (pl, pr) = pads
     dx = dxpad[:, :, pt : padded_shape[2] - pb, pl : padded_shape[3] - pr]

@@ -1,0 +1,93 @@
+"""The base class every layer derives from: parameters, gradients, device, dtype, shape checks."""
+
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from . import initializers
+from .backend import Backend, backend_of, to_numpy
+from .errors import InputError, ShapeError
+
+
+class Layer:
+    """Base class: bookkeeping shared by all layers."""
+
+    def __init__(self, name=None):
+        self.name = name or type(self).__name__.lower()
+        self.params, self.grads = {}, {}
+        self.backend, self.dtype, self.input_shape = None, None, None
+        self.need_input_grad = True
+        self.built = False
+        self._cache = None
+
+    # -- building ------------------------------------------------------------------------------
+    def build(self, input_shape, backend: Backend, dtype="float32", rng=None):
+        self.input_shape, self.backend, self.dtype = tuple(input_shape), backend, str(dtype)
+        self._create_params(np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng)
+        self.built = True
+        return self.output_shape(self.input_shape)
+
+    def _create_params(self, rng):
+        """Layers with weights draw them here (host RNG, then one move to the device)."""
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def _init(self, name, shape, rng):
+        host = initializers.get(name)(tuple(shape), rng)
+        return self.backend.asarray(np.asarray(host, dtype=self.dtype))
+
+    # -- running -------------------------------------------------------------------------------
+    def _check_input(self, x):
+        if not self.built:
+            self.build(tuple(x.shape[1:]), backend_of(x), _dtype_name(x), getattr(self, "seed", None))
+        if not self.backend.owns(x):
+            raise TypeError(
+                f"Layer '{self.name}' lives on {self.backend} but received an array of "
+                f"{type(x).__module__}.{type(x).__name__} on another device; move it first."
+            )
+        if _dtype_name(x) != self.dtype:
+            raise TypeError(f"Layer '{self.name}' expects {self.dtype} input. Received dtype {x.dtype}.")
+        if x.ndim != len(self.input_shape) + 1 or not self._shape_ok(tuple(x.shape[1:])):
+            raise ShapeError(
+                f"Layer '{self.name}' expects input of shape (batch, {', '.join(map(str, self.input_shape))}). "
+                f"Received shape {tuple(x.shape)}."
+            )
+
+    def _shape_ok(self, shape):
+        return shape == self.input_shape
+
+    def forward(self, x, training=True):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    # -- weights and config --------------------------------------------------------------------
+    def get_weights(self):
+        return [to_numpy(self.params[k]) for k in self.params]
+
+    def set_weights(self, weights):
+        if len(weights) != len(self.params):
+            raise InputError(f"Layer '{self.name}' has {len(self.params)} weight arrays. Received {len(weights)}.")
+        for key, w in zip(list(self.params), weights):
+            w = np.asarray(w)
+            want = tuple(self.params[key].shape)
+            if w.shape != want:
+                raise ShapeError(f"Layer '{self.name}': `{key}` must have shape {want}. Received {w.shape}.")
+            self.params[key] = self.backend.asarray(w.astype(self.dtype))
+
+    def get_config(self):
+        return {"class": type(self).__name__, "name": self.name}
+
+    def count_params(self):
+        return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
+
+
+def _dtype_name(x):
+    xp = array_namespace(x)
+    for name in ("float32", "float64"):
+        if x.dtype == getattr(xp, name):
+            return name
+    return str(x.dtype)

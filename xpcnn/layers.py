@@ -1,0 +1,200 @@
+"""Layers: hold parameters, gradients and caches; the math lives in :mod:`xpcnn.functional`.
+
+Contract every layer keeps:
+
+- ``forward(x, training=True) -> y`` and ``backward(dy) -> dx`` (None when the layer was told
+  its input needs no gradient, e.g. the first layer);
+- ``params`` and, after ``backward``, ``grads``: dicts with the same keys (``"kernel"``,
+  ``"bias"``), arrays on the layer's device;
+- ``get_weights()`` / ``set_weights(list)`` with host NumPy arrays, kernel then bias;
+- ``get_config()``: plain data from which :func:`from_config` rebuilds the layer.
+
+Input channels / features are inferred when the layer is built (by ``Sequential`` or at the first
+``forward``). Shapes are per sample (no batch axis) in ``build`` and ``output_shape``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from xpcnn.backend import get_backend
+>>> conv = Conv2D(4, 3, padding="same", activation="relu", seed=0)
+>>> y = conv.forward(get_backend("cpu").asarray(np.ones((2, 1, 8, 8)), "float32"))
+>>> y.shape, sorted(conv.params), conv.params["kernel"].shape
+((2, 4, 8, 8), ['bias', 'kernel'], (4, 1, 3, 3))
+"""
+
+from __future__ import annotations
+
+from . import functional as F
+from . import initializers
+from .errors import InputError, ShapeError
+from .functional._checks import pair
+from .functional.conv import output_size, resolve_padding
+from .layer_base import Layer
+from .layers_simple import (
+    Activation,
+    AveragePooling2D,
+    BatchStandardize,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+
+__all__ = ["Activation", "AveragePooling2D", "BatchStandardize", "Conv2D", "Dense", "Dropout", "Flatten", "Layer",
+           "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh", "from_config"]
+
+
+def _activation(name):
+    if name is None or name == "linear":
+        return None
+    if name not in F.ACTIVATIONS:
+        raise InputError(f"Unknown activation {name!r}. Expected one of {sorted(F.ACTIVATIONS)} or None.")
+    return name
+
+
+class _Weighted(Layer):
+    """Shared part of Conv2D and Dense: optional fused activation, kernel + bias."""
+
+    def __init__(self, activation, use_bias, kernel_initializer, bias_initializer, seed, name):
+        super().__init__(name)
+        self.activation = _activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        initializers.get(kernel_initializer), initializers.get(bias_initializer)  # validate early
+        self.seed = seed
+
+    def _make(self, kernel_shape, units, rng):
+        self.params["kernel"] = self._init(self.kernel_initializer, kernel_shape, rng)
+        if self.use_bias:
+            self.params["bias"] = self._init(self.bias_initializer, (units,), rng)
+
+    def _activate(self, z):
+        if self.activation is None:
+            return z, None
+        return F.ACTIVATIONS[self.activation][0](z)
+
+    def _deactivate(self, dy, act_cache):
+        return dy if self.activation is None else F.ACTIVATIONS[self.activation][1](dy, act_cache)
+
+    def _store_grads(self, dkernel, dbias):
+        self.grads = {"kernel": dkernel}
+        if self.use_bias:
+            self.grads["bias"] = dbias
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "activation": self.activation,
+            "use_bias": self.use_bias,
+            "kernel_initializer": _init_name(self.kernel_initializer),
+            "bias_initializer": _init_name(self.bias_initializer),
+        }
+
+
+def _init_name(init):
+    return init if isinstance(init, str) else getattr(init, "__name__", "custom")
+
+
+class Conv2D(_Weighted):
+    """2-D convolution layer, NCHW, kernel (filters, C_in, KH, KW). See functional.conv."""
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros", seed=None, name=None):
+        super().__init__(activation, use_bias, kernel_initializer, bias_initializer, seed, name)
+        if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+            raise InputError(f"The `filters` argument must be a positive int. Received filters={filters!r}")
+        self.filters = filters
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.strides = pair(strides, "strides")
+        self.dilation_rate = pair(dilation_rate, "dilation_rate")
+        resolve_padding(padding, (1, 1), (1, 1), (1, 1), (1, 1))  # validate early
+        self.padding = padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
+
+    def _create_params(self, rng):
+        if len(self.input_shape) != 3:
+            raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. Received {self.input_shape}.")
+        self._make((self.filters, self.input_shape[0], *self.kernel_size), self.filters, rng)
+
+    def output_shape(self, input_shape):
+        c, h, w = input_shape
+        pads = resolve_padding(self.padding, (h, w), self.kernel_size, self.strides, self.dilation_rate)
+        oh, ow = (output_size(s, k, st, d, p) for s, k, st, d, p in
+                  zip((h, w), self.kernel_size, self.strides, self.dilation_rate, pads))
+        if oh < 1 or ow < 1:
+            raise ShapeError(f"Layer '{self.name}': kernel {self.kernel_size} is larger than its padded input {(h, w)}.")
+        return (self.filters, oh, ow)
+
+    def _shape_ok(self, shape):
+        return shape[0] == self.input_shape[0]  # any image size, the channel count must match
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        z, conv_cache = F.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), strides=self.strides,
+                                         padding=self.padding, dilation=self.dilation_rate)
+        y, act_cache = self._activate(z)
+        self._cache = (conv_cache, act_cache)
+        return y
+
+    def backward(self, dy):
+        conv_cache, act_cache = self._cache
+        dx, dk, db = F.conv2d_backward(self._deactivate(dy, act_cache), conv_cache, need_dx=self.need_input_grad)
+        self._store_grads(dk, db)
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "dilation_rate": list(self.dilation_rate),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding)}
+
+
+class Dense(_Weighted):
+    """Fully connected layer: y = x @ kernel + bias, kernel (features, units)."""
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", seed=None, name=None):
+        super().__init__(activation, use_bias, kernel_initializer, bias_initializer, seed, name)
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise InputError(f"The `units` argument must be a positive int. Received units={units!r}")
+        self.units = units
+
+    def _create_params(self, rng):
+        if len(self.input_shape) != 1:
+            raise ShapeError(f"Layer '{self.name}' needs flat (features,) inputs; add Flatten(). Received {self.input_shape}.")
+        self._make((self.input_shape[0], self.units), self.units, rng)
+
+    def output_shape(self, input_shape):
+        return (self.units,)
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        z, dense_cache = F.dense_forward(x, self.params["kernel"], self.params.get("bias"))
+        y, act_cache = self._activate(z)
+        self._cache = (dense_cache, act_cache)
+        return y
+
+    def backward(self, dy):
+        dense_cache, act_cache = self._cache
+        dx, dk, db = F.dense_backward(self._deactivate(dy, act_cache), dense_cache, need_dx=self.need_input_grad)
+        self._store_grads(dk, db)
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+LAYERS = {cls.__name__: cls for cls in (Conv2D, Dense, MaxPool2D, AveragePooling2D, Flatten, Dropout, Activation,
+                                         Sigmoid, ReLU, Tanh, Softmax, BatchStandardize)}
+
+
+def from_config(config):
+    """Rebuild a layer from ``get_config()`` output (plain data, e.g. read from a JSON header)."""
+    if not isinstance(config, dict) or config.get("class") not in LAYERS:
+        raise InputError(f"Unknown layer config {config!r}. Expected a dict with 'class' in {sorted(LAYERS)}.")
+    kwargs = {k: v for k, v in config.items() if k != "class"}
+    try:
+        return LAYERS[config["class"]](**kwargs)
+    except TypeError as exc:
+        raise InputError(f"Bad arguments for layer {config['class']}: {exc}") from None

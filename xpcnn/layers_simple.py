@@ -1,0 +1,180 @@
+"""Layers without weights: pooling, flatten, dropout, activations, batch standardization."""
+
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from . import functional as F
+from .errors import InputError, ShapeError
+from .functional._checks import pair
+from .layer_base import Layer
+
+
+class _Pool(Layer):
+    _forward = _backward = None
+
+    def __init__(self, pool_size=2, strides=None, name=None):
+        super().__init__(name)
+        self.pool_size = pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else pair(strides, "strides")
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. Received {tuple(input_shape)}.")
+        c, h, w = input_shape
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        if ph > h or pw > w:
+            raise ShapeError(f"Layer '{self.name}': pool_size {self.pool_size} is larger than its input {(h, w)}.")
+        return (c, (h - ph) // sh + 1, (w - pw) // sw + 1)
+
+    def _shape_ok(self, shape):
+        return shape[0] == self.input_shape[0]
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        y, self._cache = type(self)._forward(x, self.pool_size, self.strides)
+        return y
+
+    def backward(self, dy):
+        return type(self)._backward(dy, self._cache) if self.need_input_grad else None
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides)}
+
+
+class MaxPool2D(_Pool):
+    """Max pooling over ``pool_size`` windows (strides default to the pool size)."""
+
+    _forward, _backward = staticmethod(F.max_pool2d_forward), staticmethod(F.max_pool2d_backward)
+
+
+class AveragePooling2D(_Pool):
+    """Average pooling over ``pool_size`` windows (strides default to the pool size)."""
+
+    _forward, _backward = staticmethod(F.avg_pool2d_forward), staticmethod(F.avg_pool2d_backward)
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C·H·W)."""
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        y, self._cache = F.flatten_forward(x)
+        return y
+
+    def backward(self, dy):
+        return F.flatten_backward(dy, self._cache) if self.need_input_grad else None
+
+
+class Dropout(Layer):
+    """Inverted dropout. The 0/1 mask comes from a host NumPy Generator (``self.rng``), so a seed
+    gives the same mask on every device; ``Sequential.fit`` reseeds it from (seed, epoch, step)."""
+
+    def __init__(self, rate, seed=None, name=None):
+        super().__init__(name)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise InputError(f"The `rate` argument must be a number in [0, 1). Received rate={rate!r}")
+        self.rate = float(rate)
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        if not training or self.rate == 0.0:
+            self._cache = None
+            return x
+        keep = self.rng.random(tuple(x.shape)) >= self.rate
+        mask = self.backend.asarray(keep.astype(self.dtype))
+        y, self._cache = F.dropout_forward(x, mask, self.rate)
+        return y
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return dy if self._cache is None else F.dropout_backward(dy, self._cache)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+class Activation(Layer):
+    """An elementwise activation (``"sigmoid"``, ``"relu"``, ``"tanh"``) or ``"softmax"``."""
+
+    def __init__(self, activation, name=None):
+        super().__init__(name)
+        if activation not in F.ACTIVATIONS:
+            raise InputError(f"Unknown activation {activation!r}. Expected one of {sorted(F.ACTIVATIONS)}.")
+        self.activation = activation
+
+    def _shape_ok(self, shape):
+        return True  # elementwise: any shape
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        y, self._cache = F.ACTIVATIONS[self.activation][0](x)
+        return y
+
+    def backward(self, dy):
+        return F.ACTIVATIONS[self.activation][1](dy, self._cache) if self.need_input_grad else None
+
+    def get_config(self):
+        cfg = {**super().get_config(), "activation": self.activation}
+        if type(self) is not Activation:
+            del cfg["activation"]
+        return cfg
+
+
+class Sigmoid(Activation):
+    def __init__(self, name=None):
+        super().__init__("sigmoid", name)
+
+
+class ReLU(Activation):
+    def __init__(self, name=None):
+        super().__init__("relu", name)
+
+
+class Tanh(Activation):
+    def __init__(self, name=None):
+        super().__init__("tanh", name)
+
+
+class Softmax(Activation):
+    def __init__(self, name=None):
+        super().__init__("softmax", name)
+
+
+class BatchStandardize(Layer):
+    """Standardize each feature over the batch: ẑ = (z - μ) / σ, σ = sqrt(var + ε).
+
+    The tutorial's code does this to the dense output before the last sigmoid and then ignores it
+    in backprop. Its true gradient (batch normalization without scale and shift) is
+
+        ∂E/∂z = (1/σ) · (dẑ - mean_n(dẑ) - ẑ · mean_n(dẑ · ẑ))
+    """
+
+    def __init__(self, epsilon=1e-8, name=None):
+        super().__init__(name)
+        self.epsilon = float(epsilon)
+
+    def forward(self, x, training=True):
+        self._check_input(x)
+        xp = array_namespace(x)
+        mu = xp.mean(x, axis=0, keepdims=True)
+        sigma = xp.sqrt(xp.var(x, axis=0, keepdims=True) + self.epsilon)
+        z = (x - mu) / sigma
+        self._cache = (z, sigma)
+        return z
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        xp = array_namespace(dy)
+        z, sigma = self._cache
+        return (dy - xp.mean(dy, axis=0, keepdims=True) - z * xp.mean(dy * z, axis=0, keepdims=True)) / sigma
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}

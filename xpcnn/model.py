@@ -1,0 +1,262 @@
+"""``Sequential``: a stack of layers with forward, backward, fit / evaluate / predict, save / load.
+
+Data handed to ``fit``, ``evaluate`` and ``predict`` are host NumPy arrays. They move to the
+model's device once (the whole set when it fits under ``device_data_bytes``, else one batch at a
+time) — never one transfer per sample. Inside a training step nothing returns to the host: the
+loss and accuracy are summed on the device and read only when the progress bar is refreshed.
+
+Determinism: the data order of epoch ``e`` comes from ``default_rng([seed, e])`` and the
+dropout masks of step ``s`` from ``default_rng([seed, e, s, layer])``, so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+
+Examples
+--------
+>>> import numpy as np
+>>> from xpcnn import Sequential, layers
+>>> model = Sequential([layers.Conv2D(4, 3, activation="relu"), layers.Flatten(), layers.Dense(2)],
+...                    input_shape=(1, 8, 8), seed=0)
+>>> model.compile(optimizer="adam", loss="softmax_cross_entropy")
+>>> x = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
+>>> y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64)
+>>> history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+>>> sorted(history)
+['accuracy', 'images_per_second', 'loss', 'seconds']
+>>> model.predict(x[:3]).shape
+(3, 2)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import functional as F
+from . import optimizers
+from .backend import Backend, get_backend, to_numpy
+from .errors import InputError, ShapeError, XpcnnError
+from .layers import Dropout, Layer, from_config
+
+
+class NonFiniteLossError(XpcnnError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch, step, value):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"The training loss became {value} at epoch {epoch + 1}, step {step + 1}. The learning rate "
+            "is probably too large; lower --learning-rate (or try --optimizer adam). Parameters after "
+            "this step are not finite; the last saved checkpoint was kept."
+        )
+
+
+class Sequential:
+    """Layers applied one after another.
+
+    Parameters
+    ----------
+    layers : list of Layer
+    input_shape : tuple, optional
+        Per-sample shape, e.g. ``(1, 28, 28)``; when given the model is built at once,
+        otherwise at the first ``forward``/``fit``.
+    device : "cpu", "gpu", "auto", None (``XPCNN_DEVICE``) or a :class:`~xpcnn.backend.Backend`
+    dtype : "float32" (default) or "float64"
+    seed : int
+        Seeds the initial weights (drawn on the host: identical on every device), the data
+        order and the dropout masks.
+    """
+
+    def __init__(self, layers, *, input_shape=None, device=None, dtype="float32", seed=0, name="sequential"):
+        self.layers = list(layers)
+        bad = [type(layer).__name__ for layer in self.layers if not isinstance(layer, Layer)]
+        if bad:
+            raise InputError(f"Sequential takes xpcnn layers. Received {', '.join(bad)}.")
+        _unique_names(self.layers)
+        if dtype not in ("float32", "float64"):
+            raise InputError(f"The `dtype` argument must be 'float32' or 'float64'. Received dtype={dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InputError(f"The `seed` argument must be a non-negative int. Received seed={seed!r}")
+        self.backend: Backend = get_backend(device)
+        self.dtype, self.seed, self.name = dtype, seed, name
+        self.input_shape = None
+        self.optimizer, self.loss, self.metrics = None, None, []
+        self.epoch = 0  # epochs completed (what resume continues from)
+        self.history = {}
+        if input_shape is not None:
+            self.build(input_shape)
+
+    # -- structure -----------------------------------------------------------------------------
+    def build(self, input_shape):
+        """Create every layer's weights for per-sample ``input_shape`` from the model's seed."""
+        shape = tuple(int(s) for s in input_shape)
+        seeds = np.random.SeedSequence(self.seed).spawn(len(self.layers))
+        for i, (layer, ss) in enumerate(zip(self.layers, seeds)):
+            try:
+                shape = layer.build(shape, self.backend, self.dtype, np.random.default_rng(ss))
+            except ValueError as exc:
+                raise ShapeError(f"Cannot build layer {i} ('{layer.name}') on input {shape}: {exc}") from None
+            layer.need_input_grad = i > 0
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = shape
+        return self
+
+    @property
+    def built(self):
+        return self.input_shape is not None
+
+    def count_params(self):
+        return sum(layer.count_params() for layer in self.layers)
+
+    def summary(self, print_fn=print):
+        """The layer table (name, output shape, parameters); printed, and returned as text."""
+        if not self.built:
+            raise InputError("The model is not built yet: pass input_shape=... or call build() / fit() first.")
+        rows, shape = [("Layer (type)", "Output shape", "Params")], self.input_shape
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+            rows.append((f"{layer.name} ({type(layer).__name__})", str((None, *shape)), f"{layer.count_params():,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        line = "-" * (sum(widths) + 4)
+        fmt = f"{{:<{widths[0]}}}  {{:<{widths[1]}}}  {{:>{widths[2]}}}"
+        body = [fmt.format(*rows[0]), line] + [fmt.format(*r) for r in rows[1:]]
+        text = "\n".join(
+            [f'Model "{self.name}" on {self.backend}, {self.dtype}, input {(None, *self.input_shape)}', line]
+            + body + [line, f"Total params: {self.count_params():,}"]
+        )
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    # -- math ----------------------------------------------------------------------------------
+    def forward(self, x, training=True):
+        if not self.built:
+            self.build(tuple(x.shape[1:]))
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def parameters(self):
+        """``[(layer, name, array)]`` for every trainable array."""
+        return [(layer, k, p) for layer in self.layers for k, p in layer.params.items()]
+
+    # -- training ------------------------------------------------------------------------------
+    def compile(self, optimizer="sgd", loss="softmax_cross_entropy", metrics=("accuracy",), learning_rate=None):
+        if loss not in F.LOSSES:
+            raise InputError(f"Unknown loss {loss!r}. Expected one of {sorted(F.LOSSES)}.")
+        unknown = [m for m in metrics if m != "accuracy"]
+        if unknown:
+            raise InputError(f"Unknown metrics {unknown}. Expected a subset of ['accuracy'].")
+        self.optimizer = optimizers.get(optimizer, learning_rate)
+        self.loss, self.metrics = loss, list(metrics)
+        return self
+
+    def _loss_fns(self):
+        if self.loss is None:
+            raise InputError("Call model.compile(optimizer=..., loss=...) before fit/evaluate.")
+        return F.LOSSES[self.loss]
+
+    def train_step(self, xb, yb):
+        """One gradient step on a device batch; returns (loss, accuracy) as device 0-d arrays."""
+        fwd, bwd, threshold = self._loss_fns()
+        out = self.forward(xb, training=True)
+        loss, cache = fwd(out, yb)
+        self.backward(bwd(cache))
+        self.optimizer.apply([layer for layer in self.layers if layer.params])
+        return loss, F.accuracy(out, yb, threshold=0.5 if threshold is None else threshold)
+
+    def fit(self, x, y, batch_size=32, epochs=1, validation_data=None, shuffle=True, seed=None, verbose=1,
+            initial_epoch=None, callbacks=(), device_data_bytes=2**31):
+        """Train on host arrays ``x`` (N, C, H, W) and ``y``; returns the history dict.
+
+        ``callbacks`` are callables ``cb(model, epoch, logs)`` run after each epoch (the CLI saves
+        checkpoints there). Training continues from ``self.epoch`` unless ``initial_epoch`` is given.
+        """
+        from .training import run_fit  # the loop, the progress bar and data movement live there
+
+        return run_fit(self, x, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
+                       shuffle=shuffle, seed=self.seed if seed is None else seed, verbose=verbose,
+                       initial_epoch=self.epoch if initial_epoch is None else initial_epoch,
+                       callbacks=callbacks, device_data_bytes=device_data_bytes)
+
+    def evaluate(self, x, y, batch_size=256, verbose=0):
+        """``{"loss": ..., "accuracy": ...}`` over host arrays ``x``, ``y``."""
+        from .training import run_evaluate
+
+        return run_evaluate(self, x, y, batch_size=batch_size, verbose=verbose)
+
+    def predict(self, x, batch_size=256):
+        """Model outputs for host array ``x``, as a host NumPy array."""
+        from .training import check_inputs, device_batches
+
+        x = check_inputs(self, x, None)[0]
+        outs = [to_numpy(self.forward(xb, training=False)) for xb, _ in device_batches(self, x, None, batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, *self.output_shape), self.dtype)
+
+    def reseed_dropout(self, seed, epoch, step):
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):
+                layer.rng = np.random.default_rng([seed, epoch, step, i])
+
+    # -- weights, devices, files ---------------------------------------------------------------
+    def get_weights(self):
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        expected = sum(len(layer.params) for layer in self.layers)
+        if len(weights) != expected:
+            raise InputError(f"Model has {expected} weight arrays. Received {len(weights)}.")
+        for layer in self.layers:
+            n = len(layer.params)
+            layer.set_weights(weights[:n])
+            weights = weights[n:]
+
+    def to(self, device):
+        """Move weights and optimizer state to another device (in place); returns self."""
+        backend = get_backend(device)
+        weights = self.get_weights() if self.built else None
+        state = self.optimizer.get_state() if self.optimizer is not None else None
+        self.backend = backend
+        for layer in self.layers:
+            layer.backend = backend
+        if weights is not None:
+            self.set_weights(weights)
+        if state is not None:
+            self.optimizer.set_state(*state, backend, self.dtype)
+        return self
+
+    def get_config(self):
+        return {"input_shape": list(self.input_shape) if self.built else None,
+                "layers": [layer.get_config() for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        return cls([from_config(c) for c in config["layers"]], input_shape=config.get("input_shape"), **kwargs)
+
+    def save(self, path, extra=None):
+        """Write a checkpoint (weights, optimizer state, config, epoch, history); see xpcnn.io."""
+        from .io import save_model
+
+        return save_model(self, path, extra=extra)
+
+
+def _unique_names(layers):
+    """conv2d, conv2d_1, ...: Keras-style names, so summaries and checkpoints can tell layers apart."""
+    seen = {}
+    for layer in layers:
+        base = layer.name
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        if count:
+            layer.name = f"{base}_{count}"
+
+
+def finite_or_raise(value, epoch, step):
+    if not math.isfinite(value):
+        raise NonFiniteLossError(epoch, step, value)
+    return value

@@ -1,0 +1,167 @@
+"""The training loop behind ``Sequential.fit``/``evaluate``: input checks, moving data to the
+device, the progress bar, and the non-finite-loss guard.
+
+No per-step host synchronisation: each step's loss is written into a device array; the host
+reads it (one small transfer) only when the progress bar refreshes, at most ~4 times a second,
+and at the end of the epoch. That read is also where a NaN/inf loss is caught, naming its step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backend import to_numpy
+from .errors import InputError, ShapeError
+
+
+def check_inputs(model, x, y):
+    """Host arrays in the model's dtype, with every problem named before any device work."""
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"x must be a NumPy array on the host. Received {type(x).__module__}.{type(x).__name__}.")
+    if x.dtype.kind not in "fiub":
+        raise InputError(f"x must hold numbers. Received dtype {x.dtype}.")
+    if x.shape[0] == 0:
+        raise InputError("x is empty (0 samples). Expected at least one sample.")
+    want = model.input_shape or x.shape[1:]
+    if x.ndim == len(want) and len(want) == 3 and want[0] == 1 and tuple(x.shape[1:]) == tuple(want[1:]):
+        x = x[:, None]  # (N, H, W) -> (N, 1, H, W) for one-channel models
+    if tuple(x.shape[1:]) != tuple(want):
+        raise ShapeError(
+            f"Model '{model.name}' expects inputs of shape (N, {', '.join(map(str, want))}). "
+            f"Received x.shape={tuple(x.shape)}."
+        )
+    x = np.ascontiguousarray(x, dtype=model.dtype)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise InputError(f"x contains {bad} NaN or infinite values. Expected finite numbers.")
+    if y is None:
+        return x, None
+    y = np.asarray(y)
+    if y.shape[0] != x.shape[0]:
+        raise ShapeError(f"x has {x.shape[0]} samples but y has {y.shape[0]}. Expected the same number.")
+    if not model.built:
+        model.build(x.shape[1:])
+    k = model.output_shape[-1]
+    if model.loss == "softmax_cross_entropy":
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise InputError(f"y must be integer class labels of shape (N,). Received shape {y.shape}, dtype {y.dtype}.")
+        if y.size and (y.min() < 0 or y.max() >= k):
+            raise InputError(f"Labels must lie in [0, {k - 1}] for a {k}-class output. Received labels from {y.min()} to {y.max()}.")
+        return x, y.astype(np.int64)
+    y = y.reshape(len(y), -1).astype(model.dtype) if y.ndim == 1 else y.astype(model.dtype)
+    if y.shape[1:] != tuple(model.output_shape):
+        raise ShapeError(f"y must have shape (N, {k}) to match the model output. Received {y.shape}.")
+    if not np.isfinite(y).all():
+        raise InputError("y contains NaN or infinite values. Expected finite targets.")
+    return x, y
+
+
+def device_batches(model, x, y, batch_size, order=None, device_data_bytes=2**31):
+    """Yield device batches. The whole set moves at once when it fits, else batch by batch."""
+    be = model.backend
+    n = x.shape[0]
+    if order is None:
+        order = np.arange(n)
+    whole = x.nbytes + (0 if y is None else y.nbytes) <= device_data_bytes
+    if whole:
+        xd = be.asarray(x)
+        yd = None if y is None else be.asarray(y)
+        idx_d = be.asarray(order.astype(np.int64)) if not np.array_equal(order, np.arange(n)) else None
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        if not whole:
+            sel = order[start:stop]
+            yield be.asarray(x[sel]), None if y is None else be.asarray(y[sel])
+        elif idx_d is None:
+            yield xd[start:stop], None if yd is None else yd[start:stop]
+        else:
+            sel = idx_d[start:stop]
+            yield be.xp.take(xd, sel, axis=0), None if yd is None else be.xp.take(yd, sel, axis=0)
+
+
+def _check_batch_args(batch_size, epochs):
+    for name, v in (("batch_size", batch_size), ("epochs", epochs)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"The `{name}` argument must be a positive int. Received {name}={v!r}")
+
+
+def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, verbose, initial_epoch,
+            callbacks, device_data_bytes):
+    from .model import finite_or_raise
+
+    _check_batch_args(batch_size, epochs)
+    model._loss_fns()
+    x, y = check_inputs(model, x, y)
+    if validation_data is not None:
+        vx, vy = check_inputs(model, *validation_data)
+    n = x.shape[0]
+    steps = -(-n // batch_size)
+    xp = model.backend.xp
+    for epoch in range(initial_epoch, epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        losses = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
+        hits = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
+        bar = tqdm(total=n, unit="img", desc=f"Epoch {epoch + 1}/{epochs}", disable=not verbose, leave=True,
+                   dynamic_ncols=True)
+        start = last = time.perf_counter()
+        seen = shown = 0
+        for step, (xb, yb) in enumerate(device_batches(model, x, y, batch_size, order, device_data_bytes)):
+            model.reseed_dropout(seed, epoch, step)
+            loss, acc = model.train_step(xb, yb)
+            nb = xb.shape[0]
+            losses[step] = loss * nb
+            hits[step] = acc * nb
+            seen += nb
+            now = time.perf_counter()
+            if now - last > 0.25 or step == steps - 1:
+                model.backend.synchronize()
+                _check_losses(losses, shown, step, epoch, finite_or_raise)
+                shown = step + 1
+                bar.set_postfix(loss=f"{float(xp.sum(losses)) / seen:.4f}", acc=f"{float(xp.sum(hits)) / seen:.4f}",
+                                img_s=f"{seen / (now - start):,.0f}", refresh=False)
+                bar.update(seen - bar.n)
+                last = now
+        model.backend.synchronize()
+        seconds = time.perf_counter() - start
+        logs = {"loss": float(xp.sum(losses)) / n, "accuracy": float(xp.sum(hits)) / n, "seconds": seconds,
+                "images_per_second": n / seconds}
+        if validation_data is not None:
+            val = run_evaluate(model, vx, vy, batch_size=max(batch_size, 256), checked=True)
+            logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs['accuracy']:.4f}", val_acc=f"{val['accuracy']:.4f}",
+                            img_s=f"{logs['images_per_second']:,.0f}", refresh=False)
+        bar.close()
+        model.epoch = epoch + 1
+        for key, value in logs.items():
+            model.history.setdefault(key, []).append(value)
+        for cb in callbacks:
+            cb(model, epoch, logs)
+    return model.history
+
+
+def _check_losses(losses, first, last, epoch, finite_or_raise):
+    part = to_numpy(losses[first : last + 1])
+    bad = np.flatnonzero(~np.isfinite(part))
+    if bad.size:
+        finite_or_raise(float(part[bad[0]]), epoch, first + int(bad[0]))
+
+
+def run_evaluate(model, x, y, *, batch_size=256, verbose=0, checked=False):
+    fwd, _, threshold = model._loss_fns()
+    if not checked:
+        x, y = check_inputs(model, x, y)
+    from . import functional as F
+
+    total_loss = total_hits = 0.0
+    n = x.shape[0]
+    batches = device_batches(model, x, y, batch_size)
+    for xb, yb in tqdm(batches, total=-(-n // batch_size), disable=not verbose, desc="Evaluate", unit="batch"):
+        out = model.forward(xb, training=False)
+        loss, _ = fwd(out, yb)
+        acc = F.accuracy(out, yb, threshold=0.5 if threshold is None else threshold)
+        total_loss = total_loss + loss * xb.shape[0]
+        total_hits = total_hits + acc * xb.shape[0]
+    return {"loss": float(total_loss) / n, "accuracy": float(total_hits) / n}
