@@ -15,7 +15,7 @@ Examples
 >>> from xpcnn import Sequential, layers
 >>> model = Sequential([layers.Conv2D(4, 3, activation="relu"), layers.Flatten(), layers.Dense(2)],
 ...                    input_shape=(1, 8, 8), seed=0)
->>> model.compile(optimizer="adam", loss="softmax_cross_entropy")
+>>> _ = model.compile(optimizer="adam", loss="softmax_cross_entropy")
 >>> x = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
 >>> y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64)
 >>> history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)

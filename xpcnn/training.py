@@ -76,7 +76,7 @@ def device_batches(model, x, y, batch_size, order=None, device_data_bytes=2**31)
             sel = order[start:stop]
             yield be.asarray(x[sel]), None if y is None else be.asarray(y[sel])
         elif idx_d is None:
-            yield xd[start:stop], None if yd is None else yd[start:stop]
+            yield xd[start:stop, ...], None if yd is None else yd[start:stop, ...]
         else:
             sel = idx_d[start:stop]
             yield be.xp.take(xd, sel, axis=0), None if yd is None else be.xp.take(yd, sel, axis=0)

@@ -43,6 +43,7 @@ from __future__ import annotations
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from ..errors import InputError, ShapeError
 from ._checks import check_float_array, check_same_backend, pair
 
 
@@ -63,7 +64,7 @@ def resolve_padding(padding, in_hw, kernel_hw, strides, dilation):
                 total = max((out - 1) * s + eff - size, 0)
                 pads.append((total // 2, total - total // 2))
             return tuple(pads)
-        raise ValueError(
+        raise InputError(
             f"The `padding` argument must be 'valid', 'same', an int or a pair. Received padding={padding!r}"
         )
     ph, pw = pair(padding, "padding", minimum=0)
@@ -149,19 +150,19 @@ def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation
     n, c, h, w = x.shape
     f, kc, kh, kw = kernel.shape
     if kc != c:
-        raise ValueError(
+        raise ShapeError(
             f"conv2d: kernel expects {kc} input channels but x has {c}. "
             f"Received x.shape={tuple(x.shape)}, kernel.shape={tuple(kernel.shape)}."
         )
     if bias is not None and tuple(bias.shape) != (f,):
-        raise ValueError(f"conv2d: bias must have shape ({f},). Received bias.shape={tuple(bias.shape)}.")
+        raise ShapeError(f"conv2d: bias must have shape ({f},). Received bias.shape={tuple(bias.shape)}.")
     strides = pair(strides, "strides")
     dilation = pair(dilation, "dilation_rate")
     pads = resolve_padding(padding, (h, w), (kh, kw), strides, dilation)
     oh = output_size(h, kh, strides[0], dilation[0], pads[0])
     ow = output_size(w, kw, strides[1], dilation[1], pads[1])
     if oh < 1 or ow < 1:
-        raise ValueError(
+        raise ShapeError(
             f"conv2d: the kernel {kh}x{kw} (dilation {dilation}) is larger than the padded input "
             f"{h + sum(pads[0])}x{w + sum(pads[1])}. Received x.shape={tuple(x.shape)}, padding={padding!r}."
         )
@@ -190,7 +191,7 @@ def conv2d_backward(dy, cache, *, need_dx=True):
     f, c, kh, kw = kernel.shape
     n = padded_shape[0]
     if tuple(dy.shape) != (n, f, oh, ow):
-        raise ValueError(f"conv2d backward: dy must have shape {(n, f, oh, ow)}. Received {tuple(dy.shape)}.")
+        raise ShapeError(f"conv2d backward: dy must have shape {(n, f, oh, ow)}. Received {tuple(dy.shape)}.")
     dy2 = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (f, n * oh * ow))  # (F, N·OH·OW)
     dkernel = xp.reshape(xp.matmul(dy2, xp.matrix_transpose(cols)), (f, c, kh, kw))
     dbias = xp.sum(dy2, axis=1) if has_bias else None

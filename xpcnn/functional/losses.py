@@ -18,7 +18,7 @@ from __future__ import annotations
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from ..errors import ShapeError
+from ..errors import InputError, ShapeError
 from ._checks import check_float_array, check_same_backend
 from .activations import sigmoid, softmax
 
@@ -88,7 +88,7 @@ def softmax_cross_entropy_forward(logits, labels, *, check_range=False):
             f"({n},). Received labels.shape={tuple(labels.shape)}, dtype {labels.dtype}."
         )
     if check_range and n and (int(xp.min(labels)) < 0 or int(xp.max(labels)) >= k):
-        raise ValueError(
+        raise InputError(
             f"softmax_cross_entropy: labels must lie in [0, {k - 1}]. Received labels from "
             f"{int(xp.min(labels))} to {int(xp.max(labels))}."
         )
@@ -106,10 +106,12 @@ def softmax_cross_entropy_backward(cache):
 
 
 def accuracy(pred, target, *, threshold=0.5):
-    """Fraction correct (a 0-d array). Multi-class: arg-max vs integer labels; one output: pred > threshold."""
+    """Fraction correct (a 0-d array). Multi-class: arg-max vs integer labels (or the arg-max of
+    one-hot targets); one output: pred > threshold vs the 0/1 target."""
     xp = array_namespace(pred)
     if pred.ndim == 2 and pred.shape[1] > 1:
-        hits = xp.argmax(pred, axis=1) == xp.astype(target, xp.int64)
+        labels = xp.argmax(target, axis=1) if target.ndim == 2 else xp.astype(target, xp.int64)
+        hits = xp.argmax(pred, axis=1) == labels
     else:
         hits = xp.astype(pred > threshold, xp.int64) == xp.astype(target, xp.int64)
     return xp.mean(xp.astype(hits, pred.dtype))

@@ -30,6 +30,7 @@ from __future__ import annotations
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from ..errors import ShapeError
 from ._checks import check_float_array, pair
 
 
@@ -39,7 +40,7 @@ def _geometry(op, x, pool_size, strides):
     sh, sw = pair(pool_size if strides is None else strides, "strides")
     h, w = x.shape[2:]
     if ph > h or pw > w:
-        raise ValueError(
+        raise ShapeError(
             f"{op}: pool_size {(ph, pw)} is larger than the input {h}x{w}. Received x.shape={tuple(x.shape)}."
         )
     return (ph, pw), (sh, sw), ((h - ph) // sh + 1, (w - pw) // sw + 1)

@@ -1,0 +1,144 @@
+"""Layers through their public contract, on every backend: build, forward/backward against finite
+differences (float64), params/grads on the device, get/set_weights, configs, bad arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from oracles import numeric_grad, rel_error
+
+from xpcnn import layers as L
+from xpcnn.backend import to_numpy
+from xpcnn.errors import InputError, ShapeError
+
+LAYER_CASES = [
+    (lambda: L.Conv2D(3, 3, padding="same", activation="tanh"), (2, 2, 6, 6)),
+    (lambda: L.Conv2D(2, (3, 2), strides=2, dilation_rate=1, activation="sigmoid"), (2, 1, 7, 6)),
+    (lambda: L.Conv2D(2, 3, use_bias=False), (1, 2, 5, 5)),
+    (lambda: L.Dense(4, activation="relu"), (3, 5)),
+    (lambda: L.Dense(3, activation="softmax"), (3, 4)),
+    (lambda: L.MaxPool2D(2), (2, 2, 6, 6)),
+    (lambda: L.AveragePooling2D(3, strides=2), (1, 2, 7, 7)),
+    (lambda: L.Flatten(), (2, 2, 3, 3)),
+    (lambda: L.BatchStandardize(), (5, 3)),
+    (lambda: L.Dropout(0.4, seed=3), (4, 6)),
+    (lambda: L.Sigmoid(), (2, 5)),
+    (lambda: L.ReLU(), (2, 5)),
+    (lambda: L.Tanh(), (2, 5)),
+    (lambda: L.Softmax(), (2, 5)),
+]
+
+
+def _built(make, case, xshape, rng, dtype="float64"):
+    layer = make()
+    layer.build(xshape[1:], case.backend, dtype, rng)
+    return layer
+
+
+@pytest.mark.parametrize("make,xshape", LAYER_CASES)
+def test_layer_gradients_match_finite_differences(case, rng, make, xshape):
+    layer = _built(make, case, xshape, rng)
+    x = rng.standard_normal(xshape)
+    be = case.backend
+    state = getattr(layer, "rng", None)
+
+    def run(xv):
+        if state is not None:
+            layer.rng = np.random.default_rng(7)  # the same dropout mask every time
+        return layer.forward(be.asarray(xv, "float64"))
+
+    y = run(x)
+    r = rng.standard_normal(tuple(y.shape))
+    dx = layer.backward(be.asarray(r, "float64"))
+    assert be.owns(dx) and tuple(dx.shape) == xshape
+    assert rel_error(to_numpy(dx), numeric_grad(lambda v: float(np.sum(to_numpy(run(v)) * r)), x)) <= 1e-6
+    assert sorted(layer.grads) == sorted(layer.params)
+    for key, p in layer.params.items():
+        g = layer.grads[key]
+        assert be.owns(g) and tuple(g.shape) == tuple(p.shape)
+        host = to_numpy(p)
+
+        def f(v, key=key):
+            layer.params[key] = be.asarray(v, "float64")
+            return float(np.sum(to_numpy(run(x)) * r))
+
+        num = numeric_grad(f, host)
+        layer.params[key] = be.asarray(host, "float64")
+        assert rel_error(to_numpy(g), num) <= 1e-6, key
+
+
+@pytest.mark.parametrize("make,xshape", LAYER_CASES)
+def test_layer_output_lives_on_the_input_device_and_dtype(case, rng, make, xshape):
+    layer = _built(make, case, xshape, rng, case.dtype)
+    y = layer.forward(case.asarray(rng.standard_normal(xshape)))
+    case.check(y, (xshape[0], *layer.output_shape(xshape[1:])))
+    for p in layer.params.values():
+        assert case.backend.owns(p) and p.dtype == case.backend.dtype(case.dtype)
+
+
+def test_first_layer_skips_input_gradient(case, rng):
+    layer = _built(lambda: L.Conv2D(2, 3), case, (2, 1, 5, 5), rng)
+    layer.need_input_grad = False
+    layer.forward(case.asarray(rng.standard_normal((2, 1, 5, 5)), "float64"))
+    assert layer.backward(case.asarray(np.ones((2, 2, 3, 3)), "float64")) is None
+    assert set(layer.grads) == {"kernel", "bias"}
+
+
+def test_weights_round_trip_in_keras_order(case, rng):
+    layer = _built(lambda: L.Dense(3), case, (2, 4), rng, case.dtype)
+    k, b = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    layer.set_weights([k, b])
+    got = layer.get_weights()
+    assert all(isinstance(w, np.ndarray) for w in got)
+    np.testing.assert_allclose(got[0], k.astype(case.dtype))
+    np.testing.assert_allclose(got[1], b.astype(case.dtype))
+    with pytest.raises(ShapeError, match=r"`kernel` must have shape \(4, 3\)"):
+        layer.set_weights([k.T, b])
+
+
+def test_lazy_build_infers_channels_and_checks_later_inputs(case, rng):
+    conv = L.Conv2D(4, 3, seed=1)
+    conv.forward(case.asarray(rng.standard_normal((2, 3, 6, 6))))
+    assert tuple(conv.params["kernel"].shape) == (4, 3, 3, 3)
+    with pytest.raises(ShapeError, match=r"expects input of shape \(batch, 3, 6, 6\).*\(2, 2, 6, 6\)"):
+        conv.forward(case.asarray(rng.standard_normal((2, 2, 6, 6))))
+    with pytest.raises(TypeError, match="expects float"):
+        other = "float64" if case.dtype == "float32" else "float32"
+        conv.forward(case.asarray(rng.standard_normal((2, 3, 6, 6)), other))
+
+
+def test_same_seed_same_weights_on_every_device(case):
+    a = L.Conv2D(3, 5)
+    a.build((1, 28, 28), case.backend, "float32", np.random.default_rng(5))
+    import xpcnn.backend as B
+
+    b = L.Conv2D(3, 5)
+    b.build((1, 28, 28), B.get_backend("cpu"), "float32", np.random.default_rng(5))
+    np.testing.assert_array_equal(a.get_weights()[0], b.get_weights()[0])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: L.Conv2D(0, 3), "filters"),
+        (lambda: L.Conv2D(2, (3, 0)), "kernel_size"),
+        (lambda: L.Conv2D(2, 3, strides=-1), "strides"),
+        (lambda: L.Conv2D(2, 3, padding="full"), "padding"),
+        (lambda: L.Conv2D(2, 3, activation="swish"), "activation"),
+        (lambda: L.Conv2D(2, 3, kernel_initializer="lecun"), "initializer"),
+        (lambda: L.Dense(-3), "units"),
+        (lambda: L.Dropout(1.5), "rate"),
+        (lambda: L.MaxPool2D(0), "pool_size"),
+        (lambda: L.from_config({"class": "Transformer"}), "Unknown layer config"),
+    ],
+)
+def test_bad_layer_arguments(make, match):
+    with pytest.raises(InputError, match=match):
+        make()
+
+
+def test_configs_round_trip():
+    for make, _ in LAYER_CASES:
+        layer = make()
+        again = L.from_config(layer.get_config())
+        assert again.get_config() == layer.get_config()

@@ -1,0 +1,183 @@
+"""Sequential end to end: gradients of a whole network, training, determinism, save/load,
+resume, the non-finite-loss guard, bad input — and one real-MNIST run."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import layers as L
+from xpcnn.errors import CheckpointError, InputError, ShapeError
+from xpcnn.gradcheck import gradcheck
+
+
+def small_net(case, dtype=None, dropout=False, **kw):
+    layers = [L.Conv2D(3, 3, padding="same", activation="relu"), L.MaxPool2D(2), L.Conv2D(4, 2, activation="tanh"),
+              L.AveragePooling2D(2), L.Flatten()]
+    layers += [L.Dropout(0.3)] if dropout else []
+    layers += [L.Dense(6, activation="sigmoid"), L.Dense(3)]
+    return xpcnn.Sequential(layers, input_shape=(1, 8, 8), device=case.backend, dtype=dtype or case.dtype, **kw)
+
+
+def toy_data(rng, n=48):
+    x = rng.random((n, 1, 8, 8)).astype(np.float32)
+    y = (x[:, 0, :4].mean(axis=(1, 2)) * 3 > 1.5).astype(np.int64) + (x[:, 0, 4:].mean(axis=(1, 2)) > 0.5)
+    return x, y.astype(np.int64)
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "squared_error"])
+def test_whole_network_gradients(case, rng, loss):
+    model = small_net(case, "float64", dropout=True)
+    model.compile("sgd", loss=loss)
+    x = case.backend.asarray(rng.standard_normal((3, 1, 8, 8)), "float64")
+    y = (case.backend.asarray(rng.integers(0, 3, 3), "int64") if loss == "softmax_cross_entropy"
+         else case.backend.asarray(rng.random((3, 3)), "float64"))
+    rows = gradcheck(model, x, y, entries=6)
+    assert len(rows) == 8
+    assert all(r.ok for r in rows), [(r.layer, r.param, r.rel_error) for r in rows]
+
+
+def test_fit_learns_and_keeps_everything_on_the_device(case, rng):
+    x, y = toy_data(rng)
+    model = small_net(case, seed=3).compile("adam", loss="softmax_cross_entropy", learning_rate=0.01)
+    before = model.evaluate(x, y)["loss"]
+    hist = model.fit(x, y, batch_size=16, epochs=6, verbose=0)
+    assert hist["loss"][-1] < hist["loss"][0] and model.evaluate(x, y)["loss"] < before
+    for _, _, p in model.parameters():
+        assert case.backend.owns(p) and p.dtype == case.backend.dtype(case.dtype)
+    assert model.predict(x[:5]).shape == (5, 3) and model.epoch == 6
+
+
+def test_same_seed_same_run_different_seed_different_run(case, rng):
+    x, y = toy_data(rng)
+
+    def run(seed):
+        m = small_net(case, seed=seed, dropout=True).compile("momentum", loss="softmax_cross_entropy", learning_rate=0.05)
+        m.fit(x, y, batch_size=16, epochs=2, verbose=0)
+        return m.get_weights()
+
+    a, b, c = run(1), run(1), run(2)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c))
+
+
+def test_initial_weights_identical_across_devices(case):
+    cpu = small_net(type(case)(xpcnn.get_backend("cpu"), case.dtype), seed=11)
+    here = small_net(case, seed=11)
+    assert all(np.array_equal(u, v) for u, v in zip(cpu.get_weights(), here.get_weights()))
+
+
+def test_save_load_and_resume_bit_exact(case, rng, tmp_path):
+    x, y = toy_data(rng)
+    straight = small_net(case, seed=5, dropout=True).compile("adam", loss="softmax_cross_entropy", learning_rate=0.01)
+    straight.fit(x, y, batch_size=16, epochs=3, verbose=0)
+
+    first = small_net(case, seed=5, dropout=True).compile("adam", loss="softmax_cross_entropy", learning_rate=0.01)
+    first.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    first.save(tmp_path / "m.npz")
+    resumed = xpcnn.load(tmp_path / "m.npz", device=case.backend)
+    assert resumed.epoch == 1 and resumed.optimizer.iterations == 3
+    resumed.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    for u, v in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(u, v)
+    assert resumed.history["loss"] == pytest.approx(straight.history["loss"])
+
+
+def test_model_saved_anywhere_loads_on_cpu(case, rng, tmp_path):
+    model = small_net(case, seed=2).compile("sgd", loss="softmax_cross_entropy")
+    model.save(tmp_path / "m.npz")
+    cpu = xpcnn.load(tmp_path / "m.npz", device="cpu")
+    x = rng.random((4, 1, 8, 8)).astype(case.dtype)
+    np.testing.assert_allclose(cpu.predict(x), model.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_loading_into_another_architecture_is_refused(case, tmp_path):
+    small_net(case).save(tmp_path / "m.npz")
+    other = xpcnn.Sequential([L.Flatten(), L.Dense(3)], input_shape=(1, 8, 8))
+    with pytest.raises(CheckpointError, match="arch"):
+        xpcnn.io.load_model(tmp_path / "m.npz", expected_arch=other.get_config())
+
+
+def test_exploding_loss_stops_with_epoch_and_step(case, rng):
+    x, y = toy_data(rng)
+    model = xpcnn.Sequential([L.Flatten(), L.Dense(3)], input_shape=(1, 8, 8), device=case.backend, dtype=case.dtype)
+    model.compile(xpcnn.SGD(1e6), loss="squared_error")
+    onehot = np.eye(3, dtype=np.float32)[y]
+    with pytest.raises(xpcnn.NonFiniteLossError, match=r"epoch \d+, step \d+") as err:
+        model.fit(x, onehot, batch_size=8, epochs=20, verbose=0)
+    assert err.value.step >= 1 and model.epoch == err.value.epoch
+
+
+def test_to_moves_weights_and_optimizer_state(case, rng):
+    x, y = toy_data(rng)
+    m = xpcnn.Sequential([L.Flatten(), L.Dense(3)], input_shape=(1, 8, 8), device="cpu", dtype=case.dtype)
+    m.compile("momentum", loss="softmax_cross_entropy").fit(x, y, epochs=1, verbose=0)
+    before = m.get_weights()
+    m.to(case.backend)
+    assert all(case.backend.owns(p) for _, _, p in m.parameters())
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))
+    m.fit(x, y, epochs=2, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (lambda x, y: (x[:, :, :7], y), ShapeError, r"expects inputs of shape \(N, 1, 8, 8\)"),
+        (lambda x, y: (x[:0], y[:0]), InputError, "empty"),
+        (lambda x, y: (np.where(x > 0.99, np.nan, x), y), InputError, "NaN or infinite"),
+        (lambda x, y: (x, y + 5), InputError, r"Labels must lie in \[0, 2\]"),
+        (lambda x, y: (x, y[:-1]), ShapeError, "samples but y has"),
+        (lambda x, y: (x, y.astype(np.float32)), InputError, "integer class labels"),
+        (lambda x, y: (x.astype(object), y), InputError, "must hold numbers"),
+    ],
+)
+def test_bad_training_input(case, rng, bad, error, match):
+    x, y = toy_data(rng)
+    model = small_net(case).compile("sgd", loss="softmax_cross_entropy")
+    with pytest.raises(error, match=match):
+        model.fit(*bad(x, y), verbose=0)
+
+
+@pytest.mark.parametrize("kw, match", [({"epochs": 0}, "epochs"), ({"batch_size": -1}, "batch_size")])
+def test_bad_fit_arguments(case, rng, kw, match):
+    x, y = toy_data(rng)
+    with pytest.raises(InputError, match=match):
+        small_net(case).compile("sgd", loss="softmax_cross_entropy").fit(x, y, verbose=0, **kw)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_learning_rates_are_refused(lr):
+    with pytest.raises(InputError, match="learning_rate"):
+        xpcnn.SGD(lr)
+    with pytest.raises(InputError, match="learning_rate"):
+        xpcnn.Adam(lr)
+
+
+def test_summary_lists_layers_and_parameters(case):
+    text = small_net(case).summary(print_fn=None)
+    assert "conv2d_1 (Conv2D)" in text and "(None, 3, 8, 8)" in text
+    assert f"Total params: {small_net(case).count_params():,}" in text
+
+
+def test_lenet_learns_real_mnist(mnist_dir):
+    """LeNet-style, 2,000 real training images -> >= 95% on 1,000 held-out test images, CPU."""
+    from xpcnn.data import load_dataset, prepare_images
+
+    ds = load_dataset("mnist", mnist_dir, download=False, progress=False)
+    x, y = prepare_images(ds.x_train[:2000]), ds.y_train[:2000]
+    xt, yt = prepare_images(ds.x_test[:1000]), ds.y_test[:1000]
+    model = xpcnn.Sequential(
+        [L.Conv2D(16, 5, padding="same", activation="relu"), L.MaxPool2D(), L.Conv2D(32, 5, activation="relu"),
+         L.MaxPool2D(), L.Flatten(), L.Dropout(0.5), L.Dense(128, activation="relu"), L.Dropout(0.5), L.Dense(10)],
+        input_shape=(1, 28, 28), device="cpu", seed=0)
+    model.compile("adam", loss="softmax_cross_entropy", learning_rate=1e-3)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=16, epochs=12, verbose=0)
+    seconds = time.perf_counter() - start
+    acc = model.evaluate(xt, yt)["accuracy"]
+    print(f"LeNet on 2,000 MNIST images: test accuracy {acc:.4f} in {seconds:.1f} s")
+    assert acc >= 0.95
+    assert seconds < 60
