@@ -100,12 +100,15 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     n = x.shape[0]
     steps = -(-n // batch_size)
     xp = model.backend.xp
+    # Full-batch training (one step an epoch, like the tutorial) gets one bar over all epochs.
+    run_bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="Training", disable=not verbose or steps > 1,
+                   dynamic_ncols=True)
     for epoch in range(initial_epoch, epochs):
         order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
         losses = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
         hits = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
-        bar = tqdm(total=n, unit="img", desc=f"Epoch {epoch + 1}/{epochs}", disable=not verbose, leave=True,
-                   dynamic_ncols=True)
+        bar = tqdm(total=n, unit="img", desc=f"Epoch {epoch + 1}/{epochs}", disable=not verbose or steps == 1,
+                   leave=True, dynamic_ncols=True)
         start = last = time.perf_counter()
         seen = shown = 0
         for step, (xb, yb) in enumerate(device_batches(model, x, y, batch_size, order, device_data_bytes)):
@@ -134,11 +137,15 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
             bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs['accuracy']:.4f}", val_acc=f"{val['accuracy']:.4f}",
                             img_s=f"{logs['images_per_second']:,.0f}", refresh=False)
         bar.close()
+        run_bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_accuracy")},
+                            refresh=False)
+        run_bar.update(1)
         model.epoch = epoch + 1
         for key, value in logs.items():
             model.history.setdefault(key, []).append(value)
         for cb in callbacks:
             cb(model, epoch, logs)
+    run_bar.close()
     return model.history
 
 

@@ -1,0 +1,6 @@
+"""``python -m xpcnn ...`` is the ``xpcnn`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""The ``xpcnn`` command: train, evaluate, predict, summary, gradcheck, check, info, bench.
+
+Exit codes: 0 success; 2 bad usage or bad input (one clear message, no traceback); 1 any other
+failure (training diverged, out of memory, a bug). Set ``XPCNN_DEBUG=1`` to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .backend import DEVICES, default_device, is_out_of_memory
+from .data import DATASETS
+from .errors import XpcnnError
+from .presets import PRESETS
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, received {text!r}")
+    return value
+
+
+def _device_arg(p):
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help=f"cpu (NumPy), gpu (CuPy) or auto; default XPCNN_DEVICE, else cpu (now: {default_device()})")
+
+
+def _data_args(p):
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the preset's (mnist)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the four gzip IDX files or a Keras .npz (default: XPCNN_DATA_DIR, "
+                        "then the Keras cache, then download)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="xpcnn", description="A CNN written by hand on the Array API: NumPy or CuPy.")
+    parser.add_argument("--version", action="version", version=f"xpcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a preset network on MNIST / Fashion-MNIST")
+    _device_arg(t)
+    t.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
+    _data_args(t)
+    t.add_argument("--epochs", type=_positive_int, help="default: the preset's")
+    t.add_argument("--batch-size", type=_positive_int, help="default: the preset's")
+    t.add_argument("--learning-rate", type=_positive_float, help="default: the preset's")
+    t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the preset's")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-size", type=_positive_int, help="use the first N training images")
+    t.add_argument("--test-size", type=_positive_int, help="use the first N test images")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--checkpoint", default=None, help="checkpoint file, saved atomically after every epoch")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint (its epoch, weights, optimizer)")
+    t.add_argument("--metrics-out", default=None, help="JSON lines file: one object per epoch")
+    t.add_argument("--plots", default=None, metavar="DIR", help="write curves, filters and feature maps here")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on the test set")
+    e.add_argument("--checkpoint", required=True)
+    _device_arg(e)
+    _data_args(e)
+    e.add_argument("--test-size", type=_positive_int)
+    e.add_argument("--batch-size", type=_positive_int, default=256)
+
+    pr = sub.add_parser("predict", help="classify your own PNG/JPEG images")
+    pr.add_argument("--checkpoint", required=True)
+    _device_arg(pr)
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+
+    s = sub.add_parser("summary", help="the layer table of a preset or checkpoint")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--preset", choices=sorted(PRESETS))
+    g.add_argument("--checkpoint")
+
+    gc = sub.add_parser("gradcheck", help="finite-difference check of every layer's gradients")
+    gc.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
+    _device_arg(gc)
+    gc.add_argument("--batch-size", type=_positive_int, default=4)
+    gc.add_argument("--entries", type=_positive_int, default=12, help="entries checked per parameter array")
+    gc.add_argument("--seed", type=int, default=0)
+
+    ck = sub.add_parser("check", help="CPU/GPU parity: the same steps on two devices, compared")
+    ck.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
+    ck.add_argument("--devices", nargs=2, default=["cpu", "gpu"], metavar=("A", "B"))
+    ck.add_argument("--steps", type=_positive_int, default=100)
+    ck.add_argument("--batch-size", type=_positive_int, default=32)
+    ck.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ck.add_argument("--seed", type=int, default=0)
+    ck.add_argument("--rtol", type=_positive_float, default=None, help="default: the dtype's stated bound")
+
+    sub.add_parser("selftest", help="gradcheck + parity + a tiny training run (what the container runs)")
+    sub.add_parser("info", help="versions, devices, data directory")
+    b = sub.add_parser("bench", help="benchmarks (see BENCHMARKS.md)", add_help=False)
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from . import commands
+
+    try:
+        if args.command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(args.bench_args)
+        return getattr(commands, args.command)(args) or 0
+    except KeyboardInterrupt:
+        print("xpcnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, never a traceback (unless XPCNN_DEBUG)
+        if os.environ.get("XPCNN_DEBUG"):
+            raise
+        code, text = describe(exc, args)
+        print(f"xpcnn {args.command}: error: {text}", file=sys.stderr)
+        return code
+
+
+def describe(exc, args):
+    """(exit code, message) for an exception reaching the command line."""
+    from .model import NonFiniteLossError
+
+    if isinstance(exc, NonFiniteLossError):
+        return 1, str(exc)
+    if is_out_of_memory(exc):
+        hint = f" Try a smaller --batch-size (now {args.batch_size})." if getattr(args, "batch_size", None) else ""
+        return 1, f"out of memory on the device ({type(exc).__name__}: {exc}).{hint}"
+    if isinstance(exc, XpcnnError):
+        return 2, str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return 2, f"{exc.strerror or exc}: {exc.filename}"
+    return 1, f"unexpected {type(exc).__name__}: {exc} (set XPCNN_DEBUG=1 for a traceback; please report it)"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""What each ``xpcnn`` subcommand does (argument parsing lives in :mod:`xpcnn.cli`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, optimizers
+from .backend import get_backend, gpu_name, gpu_problem
+from .data import load_dataset, prepare_images
+from .errors import InputError
+from .io import load_model
+from .presets import build_model, get_preset, targets
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _writable_parent(path, what):
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"The {what} folder does not exist: {parent}. Create it first.")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"The {what} folder is not writable: {parent}.")
+    if Path(path).is_dir():
+        raise InputError(f"The {what} path is a folder, expected a file: {path}.")
+
+
+def _subset(n_wanted, available, flag):
+    if n_wanted is None:
+        return available
+    if n_wanted > available:
+        raise InputError(f"{flag} {n_wanted} is larger than the {available} images available.")
+    return n_wanted
+
+
+def _data(dataset_name, data_dir, task, dtype, train_size, test_size, quiet):
+    ds = load_dataset(dataset_name, data_dir, progress=not quiet)
+    n = _subset(train_size, len(ds.x_train), "--train-size")
+    m = _subset(test_size, len(ds.x_test), "--test-size")
+    x, y = prepare_images(ds.x_train[:n], dtype), targets(ds.y_train[:n], task)
+    xt, yt = prepare_images(ds.x_test[:m], dtype), targets(ds.y_test[:m], task)
+    return ds, (x, y), (xt, yt)
+
+
+def _echo(*parts, quiet=False):
+    if not quiet:
+        print(*parts, flush=True)
+
+
+class MetricsFile:
+    """One JSON object per epoch; on resume, lines of epochs after the checkpoint are dropped."""
+
+    def __init__(self, path, keep_until_epoch=0):
+        self.path = Path(path) if path else None
+        if self.path is None:
+            return
+        kept = []
+        if keep_until_epoch and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("epoch", 10**9) <= keep_until_epoch:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record):
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------------------- train
+def train(args):
+    preset = get_preset(args.preset)
+    dataset = args.dataset or preset["dataset"]
+    epochs = args.epochs or preset["epochs"]
+    batch_size = args.batch_size or preset["batch_size"]
+    if args.resume and not args.checkpoint:
+        raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
+    for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
+        if path:
+            _writable_parent(path, what)
+    backend = get_backend(args.device)
+    _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype,
+                                args.train_size or preset["train_size"], args.test_size or preset["test_size"], args.quiet)
+
+    fresh = build_model(preset, device=backend, dtype=args.dtype, seed=args.seed)
+    if args.resume and Path(args.checkpoint).exists():
+        model = load_model(args.checkpoint, device=backend, fallback=True, expected_arch=fresh.get_config())
+        if model.dtype != args.dtype:
+            raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
+        if args.learning_rate:
+            model.optimizer.learning_rate = args.learning_rate
+        _echo(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}.", quiet=args.quiet)
+    else:
+        if args.resume:
+            _echo(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", quiet=args.quiet)
+        model = fresh
+        opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"])
+        model.compile(opt, loss=preset["loss"])
+    if not args.quiet:
+        model.summary()
+
+    extra = {"preset": args.preset, "dataset": dataset, "task": preset["task"], "batch_size": batch_size,
+             "train_size": len(x), "test_size": len(xt)}
+    metrics = MetricsFile(args.metrics_out, keep_until_epoch=model.epoch)
+    plots = Path(args.plots) if args.plots else None
+    if plots is not None:
+        plots.mkdir(parents=True, exist_ok=True)
+        _plot_filters(model, plots / "filters_before.png", "before training")
+
+    def after_epoch(model, epoch, logs):
+        metrics.write({"epoch": epoch + 1, "train_loss": logs["loss"], "train_accuracy": logs["accuracy"],
+                       "test_loss": logs.get("val_loss"), "test_accuracy": logs.get("val_accuracy"),
+                       "seconds": logs["seconds"], "images_per_second": logs["images_per_second"],
+                       "device": str(model.backend)})
+        if args.checkpoint:
+            model.save(args.checkpoint, extra=extra)
+
+    start = time.perf_counter()
+    if model.epoch >= epochs:
+        _echo(f"The checkpoint already has {model.epoch} epochs (asked for {epochs}): nothing to train.", quiet=args.quiet)
+    else:
+        model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=(xt, yt), seed=model.seed,
+                  verbose=0 if args.quiet else 1, callbacks=[after_epoch])
+    total = time.perf_counter() - start
+    if plots is not None:
+        _plots_after(model, plots, xt)
+    h = model.history
+    acc = h.get("val_accuracy", [float("nan")])[-1] if h else float("nan")
+    train_acc = h.get("accuracy", [float("nan")])[-1] if h else float("nan")
+    where = f"checkpoint: {args.checkpoint}" if args.checkpoint else "no checkpoint (use --checkpoint PATH)"
+    print(f"xpcnn train: preset {args.preset}, {model.epoch} epochs on {model.backend}: train accuracy "
+          f"{train_acc:.4f}, test accuracy {acc:.4f}, {total:.1f} s; {where}", flush=True)
+    return 0
+
+
+def _plot_filters(model, path, title):
+    from .layers import Conv2D
+    from .plots import plot_filters
+
+    conv = next((layer for layer in model.layers if isinstance(layer, Conv2D)), None)
+    if conv is not None:
+        plot_filters(conv.get_weights()[0], path, title=f"{conv.name} filters {title}")
+
+
+def _plots_after(model, folder, xt):
+    from .plots import plot_feature_maps, plot_history
+
+    plot_history(model.history, folder / "history.png")
+    _plot_filters(model, folder / "filters_after.png", "after training")
+    plot_feature_maps(model, xt[:1], folder / "feature_maps.png")
+    print(f"Pictures written to {folder}/ (history.png, filters_before.png, filters_after.png, feature_maps.png)")
+
+
+# ----------------------------------------------------------------------- evaluate, predict
+def evaluate(args):
+    model = load_model(args.checkpoint, device=args.device)
+    extra = model.checkpoint_header.get("extra", {})
+    dataset = args.dataset or extra.get("dataset", "mnist")
+    _, _, (xt, yt) = _data(dataset, args.data_dir, extra.get("task", "classes"), model.dtype, 1,
+                           args.test_size, True)
+    result = model.evaluate(xt, yt, batch_size=args.batch_size)
+    print(f"{args.checkpoint}: {dataset} test set ({len(xt)} images) on {model.backend}: "
+          f"loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")
+    return 0
+
+
+def predict(args):
+    from .images import load_images
+
+    model = load_model(args.checkpoint, device=args.device)
+    x = load_images(args.images, tuple(model.input_shape), dtype=model.dtype)
+    out = model.predict(x).astype(np.float64)  # host array: the rest is presentation
+    task = model.checkpoint_header.get("extra", {}).get("task", "classes")
+    for path, row in zip(args.images, out):
+        if task == "greater_than_4":
+            p = float(row[0])
+            print(f"{path}: digit {'> 4' if p > 0.5 else '<= 4'} (p(> 4) = {p:.3f})")
+            continue
+        if model.loss == "softmax_cross_entropy":  # the model outputs logits
+            row = np.exp(row - row.max())
+            row /= row.sum()
+        top = int(np.argmax(row))
+        listing = " ".join(f"{k}:{v:.3f}" for k, v in enumerate(row))
+        print(f"{path}: class {top} (p = {row[top]:.3f})  [{listing}]")
+    return 0
+
+
+# ---------------------------------------------------------------------------- inspection
+def summary(args):
+    if args.preset:
+        model = build_model(get_preset(args.preset), device="cpu")
+        model.summary()
+        return 0
+    from .checkpoint import read_header
+    from .model import Sequential
+
+    header = read_header(args.checkpoint)
+    try:
+        model = Sequential.from_config(header["arch"], device="cpu", dtype=header.get("dtype", "float32"))
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{args.checkpoint}: the header does not describe an xpcnn model ({exc}).") from None
+    model.summary()
+    hist = header.get("history") or {}
+    acc = (hist.get("val_accuracy") or [None])[-1]
+    print(f"Trained {header.get('epoch', 0)} epochs on {header.get('device')}; loss {header.get('loss')}; "
+          f"optimizer {(header.get('optimizer') or {}).get('config')}; last test accuracy {acc}")
+    return 0
+
+
+def gradcheck(args):
+    from .gradcheck import format_rows
+    from .gradcheck import gradcheck as run_gradcheck
+
+    preset = get_preset(args.preset)
+    model = build_model(preset, device=args.device, dtype="float64", seed=args.seed)
+    model.compile("sgd", loss=preset["loss"])
+    rng = np.random.default_rng(args.seed)
+    n = args.batch_size
+    x = model.backend.asarray(rng.random((n, *preset["input_shape"])), "float64")
+    y = targets(rng.integers(0, 10, n), preset["task"])
+    y = model.backend.asarray(y, "int64" if y.dtype.kind == "i" else "float64")
+    rows = run_gradcheck(model, x, y, entries=args.entries, seed=args.seed)
+    print(f"Gradient check of preset {args.preset} on {model.backend} (float64, batch {n}, central differences)")
+    print(format_rows(rows))
+    failed = [r for r in rows if not r.ok]
+    print("all gradients within bounds" if not failed else f"{len(failed)} parameter(s) out of bounds")
+    return 1 if failed else 0
+
+
+def check(args):
+    from .parity import format_report, parity
+
+    report = parity(args.preset, args.devices, steps=args.steps, batch_size=args.batch_size, dtype=args.dtype,
+                    seed=args.seed, rtol=args.rtol)
+    print(format_report(report))
+    return 0 if report["ok"] else 1
+
+
+def selftest(args):
+    from argparse import Namespace
+
+    code = gradcheck(Namespace(preset="lenet", device="auto", batch_size=2, entries=4, seed=0))
+    devices = ["cpu", "gpu"] if gpu_problem() is None else None
+    if devices:
+        code |= check(Namespace(preset="lenet", devices=devices, steps=20, batch_size=32, dtype="float32", seed=0,
+                                rtol=None))
+    else:
+        print(f"parity check skipped: only one device here ({gpu_problem()})")
+    from .presets import PRESETS
+
+    model = build_model(PRESETS["lenet"], device="auto", seed=0).compile("adam", loss="softmax_cross_entropy")
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 1, 28, 28), dtype=np.float32)
+    y = (x[:, 0, :14].mean(axis=(1, 2)) > x[:, 0, 14:].mean(axis=(1, 2))).astype(np.int64)
+    hist = model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    ok = hist["loss"][-1] < hist["loss"][0]
+    print(f"tiny training on {model.backend}: loss {hist['loss'][0]:.4f} -> {hist['loss'][-1]:.4f} "
+          f"({'decreasing' if ok else 'NOT decreasing'})")
+    return code | (0 if ok else 1)
+
+
+def info(args):
+    import array_api_compat
+
+    print(f"xpcnn {__version__}")
+    print(f"Python {platform.python_version()} ({sys.executable})")
+    print(f"NumPy {np.__version__}; array-api-compat {array_api_compat.__version__}")
+    try:
+        import cupy
+
+        print(f"CuPy {cupy.__version__}; CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}")
+    except Exception as exc:  # ImportError, or a CUDA library problem
+        print(f"CuPy: not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    problem = gpu_problem()
+    print("Devices: cpu" + (f", gpu:0 ({gpu_name(0)})" if problem is None else ""))
+    if problem:
+        print(f"GPU: not usable: {problem}")
+    print(f"Default device (XPCNN_DEVICE): {os.environ.get('XPCNN_DEVICE', 'cpu (unset)')}")
+    from .data import keras_cache_dir
+
+    print(f"Data directory (XPCNN_DATA_DIR): {os.environ.get('XPCNN_DATA_DIR', '(unset)')}; "
+          f"Keras cache: {keras_cache_dir()}")
+    for extra, module in (("plots", "matplotlib"), ("images", "PIL")):
+        try:
+            __import__(module)
+            state = "installed"
+        except ImportError:
+            state = f"missing (pip install 'xpcnn[{extra}]')"
+        print(f"Extra '{extra}': {state}")
+    return 0
