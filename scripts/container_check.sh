@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the project's Dockerfile with buildah on a local stand-in base (no CUDA, no registry
-# access needed) and check the image: `xpcnn info`, a short CPU training run on MNIST, and
-# that `--device gpu` without CuPy fails cleanly (exit 2, a message, no traceback).
+# access needed) and check the image: `xpcnn info`, a short CPU training run on MNIST with a
+# checkpoint in the /checkpoints volume, `xpcnn evaluate` of it, and that `--device gpu`
+# without CuPy fails cleanly (exit 2, a message naming CuPy/GPU, no traceback).
 #
 # Usage: scripts/container_check.sh [--data DIR] [--no-build]
 #
@@ -133,40 +134,49 @@ with open(mounts_path, "w") as f:
 PY
 }
 
+summary() {
+    printf '\n== summary (image %s, %s)\n' "$image" "${size:-not built}"
+    printf '%s\n' "${results[@]}"
+}
+
 if [ "$build" -eq 1 ]; then
-    if ! buildah inspect --type image "$base_image" >/dev/null 2>&1; then
-        echo "== $base_image missing: scripts/make_standin_base.sh"
+    if ! command -v buildah >/dev/null 2>&1 \
+            || ! buildah inspect --type image "$base_image" >/dev/null 2>&1; then
+        echo "== buildah or $base_image missing: scripts/make_standin_base.sh"
         if ! scripts/make_standin_base.sh "$base_image" > "$tmp/standin.log" 2>&1; then
             record FAIL "stand-in base image $base_image"
             show_tail "$tmp/standin.log"
+            summary; exit 1
         fi
     fi
-    if ! command -v buildah >/dev/null 2>&1; then
-        record FAIL "buildah bud" "buildah not installed"
-    else
-        write_pip_conf
-        volumes=()
-        while IFS= read -r m; do volumes+=(-v "$m"); done < "$tmp/mounts"
-        echo "== pip.conf for the build:"; sed 's/^/    /' "$tmp/pip.conf"
-        build_log="${TMPDIR:-/tmp}/xpcnn-container-build.log"
-        echo "== buildah bud -> $image (log: $build_log)"
-        start=$SECONDS
-        if buildah bud --isolation chroot --layers \
-                --secret id=pip.conf,src="$tmp/pip.conf" "${volumes[@]}" \
-                --build-arg BASE_IMAGE="$base_image" --build-arg EXTRAS=plots,images \
-                -t "$image" . > "$build_log" 2>&1; then
-            record PASS "buildah bud" "$((SECONDS - start)) s"
-        else
-            record FAIL "buildah bud" "$((SECONDS - start)) s"
-            show_tail "$build_log" 40
+    write_pip_conf
+    volumes=()
+    while IFS= read -r m; do volumes+=(-v "$m"); done < "$tmp/mounts"
+    echo "== pip.conf for the build:"; sed 's/^/    /' "$tmp/pip.conf"
+    build_log="${TMPDIR:-/tmp}/xpcnn-container-build.log"
+    echo "== buildah bud -> $image (log: $build_log)"
+    old_id="$(buildah images --quiet --no-trunc "$image" 2>/dev/null || true)"
+    start=$SECONDS
+    if buildah bud --isolation chroot \
+            --secret id=pip.conf,src="$tmp/pip.conf" "${volumes[@]}" \
+            --build-arg BASE_IMAGE="$base_image" --build-arg EXTRAS=plots,images \
+            -t "$image" . > "$build_log" 2>&1; then
+        record PASS "buildah bud" "$((SECONDS - start)) s"
+        new_id="$(buildah images --quiet --no-trunc "$image")"
+        # the previous check image is now untagged: drop it rather than pile them up
+        if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+            buildah rmi "$old_id" >/dev/null 2>&1 || true
         fi
+    else
+        record FAIL "buildah bud" "$((SECONDS - start)) s"
+        show_tail "$build_log" 40
+        summary; exit 1  # never go on to check a stale image
     fi
 fi
 
 if ! buildah inspect --type image "$image" >/dev/null 2>&1; then
-    record FAIL "image $image" "not built; no further checks"
-    printf '\n== summary\n'; printf '%s\n' "${results[@]}"
-    exit 1
+    record FAIL "image $image" "not built (run without --no-build)"
+    summary; exit 1
 fi
 size="$(buildah images --format '{{.Size}}' "$image" | head -n 1)"
 echo "== image $image: $size"
@@ -192,8 +202,10 @@ run_step() {  # run_step NAME EXPECTED_RC PATTERN -- buildah-run-args...
     shift 4
     local log="$tmp/step.log" rc start=$SECONDS
     echo "== $name"
-    timeout "$train_timeout" buildah run --isolation chroot "$@" > "$log" 2>&1
+    timeout "$train_timeout" buildah run --isolation chroot "$@" > "$log.raw" 2>&1
     rc=$?
+    # drop buildah's own report of a non-zero exit; keep what the command printed
+    grep -Ev '^(subprocess exited with status [0-9]+|Error: exit status [0-9]+)$' "$log.raw" > "$log"
     local why=""
     [ "$rc" -eq "$want_rc" ] || why="exit $rc, expected $want_rc"
     if [ -z "$why" ] && [ -n "$pattern" ] && ! grep -Eqi -- "$pattern" "$log"; then
@@ -219,7 +231,12 @@ if [ -d "$data" ]; then
     data="$(cd "$data" && pwd)"
     run_step "xpcnn train --preset tutorial --device cpu --epochs 2" 0 "" -- \
         -v "$data:/data:ro" "$ctr" -- \
-        xpcnn train --preset tutorial --device cpu --epochs 2 --data-dir /data
+        xpcnn train --preset tutorial --device cpu --epochs 2 --data-dir /data \
+        --checkpoint /checkpoints/tutorial.npz
+    # the checkpoint went to the /checkpoints volume as uid 1000; read it back
+    run_step "xpcnn evaluate --checkpoint /checkpoints/tutorial.npz" 0 "" -- \
+        -v "$data:/data:ro" "$ctr" -- \
+        xpcnn evaluate --checkpoint /checkpoints/tutorial.npz --device cpu --data-dir /data
     run_step "xpcnn train --device gpu (no CuPy: exit 2, clean message)" 2 "cupy|gpu" -- \
         -v "$data:/data:ro" "$ctr" -- \
         xpcnn train --preset tutorial --device gpu --epochs 1 --data-dir /data
@@ -227,6 +244,5 @@ else
     record FAIL "xpcnn train" "no MNIST directory at $data (use --data DIR)"
 fi
 
-printf '\n== summary (image %s, %s)\n' "$image" "$size"
-printf '%s\n' "${results[@]}"
+summary
 exit "$failed"

@@ -79,3 +79,34 @@ def mnist_dir():
     if not d or not (Path(d) / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("real MNIST not found: set XPCNN_DATA_DIR to a folder with the four gzip IDX files")
     return Path(d)
+
+
+def write_idx(path, array):
+    """Write ``array`` (uint8) as a gzip IDX file, the LeCun format."""
+    import gzip
+    import struct
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    Path(path).write_bytes(gzip.compress(header + array.tobytes(), mtime=0))
+
+
+def make_digits(rng, n):
+    """Learnable fake digits: class k is a bright bar at row 2k+4 plus noise."""
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+    for k in range(10):
+        images[labels == k, 2 * k + 4 : 2 * k + 7, 4:24] = 230
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A folder with the four MNIST IDX files holding 2,000 + 400 generated digits."""
+    folder = tmp_path_factory.mktemp("tiny-mnist")
+    rng = np.random.default_rng(1234)
+    for split, n in (("train", 2000), ("t10k", 400)):
+        images, labels = make_digits(rng, n)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder

@@ -30,7 +30,7 @@ from array_api_compat import array_namespace, is_cupy_array, is_numpy_array
 from array_api_compat import device as _device_of
 from array_api_compat import to_device as _to_device
 
-from .errors import DeviceError
+from .errors import DeviceError, InputError
 
 DEVICES = ("cpu", "gpu", "auto")
 DTYPES = ("float32", "float64")
@@ -142,16 +142,16 @@ def get_backend(device: str | Backend | None = None) -> Backend:
     DeviceError
         ``"gpu"`` without CuPy (install ``xpcnn[gpu]``), or with CuPy but no usable CUDA device
         (the message gives CUDA's reason).
-    ValueError
-        Any other device name.
+    InputError
+        Any other device name (a ValueError).
     """
     if isinstance(device, Backend):
         return device
     name = default_device() if device is None else str(device).strip().lower()
     if name not in DEVICES:
-        raise ValueError(
-            f"Unknown device {device!r}. Expected one of 'cpu', 'gpu', 'auto' "
-            "(or set XPCNN_DEVICE to one of them)."
+        raise InputError(
+            f"Unknown device {name!r}{'' if device is not None else ' (from XPCNN_DEVICE)'}. "
+            "Expected one of 'cpu', 'gpu', 'auto'."
         )
     if name == "auto":
         name = "gpu" if gpu_problem() is None else "cpu"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from . import __version__
 from .backend import DEVICES, default_device, is_out_of_memory
@@ -92,7 +93,7 @@ def build_parser():
     gc = sub.add_parser("gradcheck", help="finite-difference check of every layer's gradients")
     gc.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
     _device_arg(gc)
-    gc.add_argument("--batch-size", type=_positive_int, default=4)
+    gc.add_argument("--batch-size", type=_positive_int, default=8)
     gc.add_argument("--entries", type=_positive_int, default=12, help="entries checked per parameter array")
     gc.add_argument("--seed", type=int, default=0)
 
@@ -117,6 +118,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from . import commands
 
+    # NaN/inf is reported once, clearly, by the training loop; NumPy's warnings would only repeat it.
+    warnings.filterwarnings("ignore", message="(overflow|invalid value|divide by zero) encountered",
+                            category=RuntimeWarning)
     try:
         if args.command == "bench":
             from .bench import main as bench_main

@@ -31,11 +31,22 @@ def _writable_parent(path, what):
 
 
 def _subset(n_wanted, available, flag):
+    """The user's --train-size/--test-size must fit; a preset's default is capped silently."""
     if n_wanted is None:
         return available
+    if isinstance(n_wanted, _Default):
+        return min(int(n_wanted), available)
     if n_wanted > available:
         raise InputError(f"{flag} {n_wanted} is larger than the {available} images available.")
     return n_wanted
+
+
+class _Default(int):
+    """A size that came from a preset, not from the user."""
+
+
+def _default(value):
+    return None if value is None else _Default(value)
 
 
 def _data(dataset_name, data_dir, task, dtype, train_size, test_size, quiet):
@@ -91,7 +102,8 @@ def train(args):
             _writable_parent(path, what)
     backend = get_backend(args.device)
     _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype,
-                                args.train_size or preset["train_size"], args.test_size or preset["test_size"], args.quiet)
+                                args.train_size or _default(preset["train_size"]), args.test_size or _default(preset["test_size"]),
+                                args.quiet)
 
     fresh = build_model(preset, device=backend, dtype=args.dtype, seed=args.seed)
     if args.resume and Path(args.checkpoint).exists():

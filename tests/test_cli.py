@@ -1,0 +1,271 @@
+"""The ``xpcnn`` command: every subcommand's success path and its failure paths (exit 2, one
+message, no traceback, nothing already saved damaged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpcnn.cli import main
+
+
+def run(argv, capsys):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def train_args(data_dir, tmp_path, *extra):
+    return ["train", "--preset", "lenet", "--data-dir", data_dir, "--train-size", 600, "--test-size", 200,
+            "--epochs", 2, "--batch-size", 64, "--quiet", *extra]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_device(monkeypatch):
+    monkeypatch.delenv("XPCNN_DEVICE", raising=False)
+
+
+# -------------------------------------------------------------------------------- success
+def test_info_and_version(capsys):
+    code, out, _ = run(["info"], capsys)
+    assert code == 0 and "xpcnn 0.1.0" in out and "NumPy" in out and "Devices: cpu" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+
+
+def test_summary_of_presets(capsys):
+    code, out, _ = run(["summary", "--preset", "lenet"], capsys)
+    assert code == 0 and "Total params: 61,706" in out and "(None, 6, 28, 28)" in out
+    code, out, _ = run(["summary", "--preset", "tutorial"], capsys)
+    assert code == 0 and "(None, 3, 24, 24)" in out and "(None, 1728)" in out
+
+
+def test_train_evaluate_summary_resume(capsys, tmp_path, tiny_data_dir):
+    ckpt, metrics = tmp_path / "lenet.npz", tmp_path / "metrics.jsonl"
+    code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--metrics-out", metrics), capsys)
+    assert code == 0, out
+    assert "test accuracy" in out and str(ckpt) in out
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert set(lines[0]) == {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+                             "images_per_second", "device"}
+    assert lines[-1]["test_accuracy"] > 0.5  # the generated digits are easy
+
+    code, out, _ = run(["evaluate", "--checkpoint", ckpt, "--data-dir", tiny_data_dir], capsys)
+    assert code == 0 and "accuracy" in out and "400 images" in out
+    code, out, _ = run(["summary", "--checkpoint", ckpt], capsys)
+    assert code == 0 and "Trained 2 epochs" in out
+
+    code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--metrics-out", metrics,
+                                  "--resume", "--epochs", 3)[:-0 or None], capsys)
+    assert code == 0
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_tutorial_presets_run(capsys, tmp_path, tiny_data_dir):
+    for preset in ("tutorial", "tutorial-faithful"):
+        code, out, _ = run(["train", "--preset", preset, "--data-dir", tiny_data_dir, "--epochs", 5, "--quiet",
+                            "--metrics-out", tmp_path / f"{preset}.jsonl"], capsys)
+        assert code == 0 and f"preset {preset}, 5 epochs" in out
+
+
+def test_gradcheck_and_parity_commands(capsys):
+    code, out, _ = run(["gradcheck", "--preset", "tutorial-faithful", "--entries", 4], capsys)
+    assert code == 0 and "all gradients within bounds" in out and "batchstandardize" not in out
+    code, out, _ = run(["gradcheck", "--preset", "lenet", "--entries", 3, "--batch-size", 2], capsys)
+    assert code == 0 and out.count("yes") == 10
+    code, out, _ = run(["check", "--devices", "cpu", "strict:device1", "--steps", 3], capsys)
+    assert code == 0 and "PASS" in out
+
+
+def test_predict_classifies_a_png_of_a_real_test_digit(capsys, tmp_path, mnist_dir):
+    from xpcnn.data import load_dataset
+    from xpcnn.images import save_mnist_png
+
+    ckpt = tmp_path / "lenet.npz"
+    code, out, _ = run(["train", "--preset", "lenet", "--data-dir", mnist_dir, "--train-size", 3000, "--test-size", 500,
+                        "--epochs", 2, "--quiet", "--checkpoint", ckpt], capsys)
+    assert code == 0
+    ds = load_dataset("mnist", mnist_dir, progress=False)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"digit{i}_{ds.y_test[i]}.png")
+        save_mnist_png(ds.x_test[i], paths[-1])
+    code, out, _ = run(["predict", "--checkpoint", ckpt, *paths], capsys)
+    assert code == 0
+    for i, line in enumerate(out.strip().splitlines()):
+        assert f"class {ds.y_test[i]} " in line, line
+
+
+def test_console_script_and_module_entry_points(tmp_path):
+    for cmd in (["xpcnn", "summary", "--preset", "tutorial"], [sys.executable, "-m", "xpcnn", "info"],
+                [sys.executable, str(Path(__file__).parents[1] / "scripts" / "train.py"), "--help"]):
+        exe = Path(sys.executable).with_name(cmd[0]) if cmd[0] == "xpcnn" else None
+        if exe is not None:
+            cmd = [str(exe), *cmd[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+
+# -------------------------------------------------------------------------------- failure
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--preset", "resnet"], "invalid choice: 'resnet'"),
+        (["train", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["train", "--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+        (["train", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["train", "--epochs", "0"], "expected a positive integer, received '0'"),
+        (["train", "--batch-size", "-8"], "expected a positive integer, received '-8'"),
+        (["train", "--learning-rate", "0"], "expected a finite positive number, received '0'"),
+        (["train", "--learning-rate", "nan"], "expected a finite positive number, received 'nan'"),
+        (["train", "--train-size", "many"], "expected a positive integer, received 'many'"),
+        (["summary"], "one of the arguments --preset --checkpoint is required"),
+        (["predict", "--checkpoint", "x.npz"], "the following arguments are required: IMAGE"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_flags_exit_2_with_usage(capsys, argv, needle):
+    code, _, err = run(argv, capsys)
+    assert code == 2 and needle in err
+
+
+def test_gpu_without_cupy_is_a_clear_error(capsys, tmp_path, tiny_data_dir, monkeypatch):
+    import xpcnn.backend as B
+
+    if B.gpu_problem() is None:
+        pytest.skip("a GPU is usable here")
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--device", "gpu"), capsys)
+    assert code == 2 and ("xpcnn[gpu]" in err or "no CUDA device" in err)
+    monkeypatch.setenv("XPCNN_DEVICE", "gpu")
+    code, _, err = run(train_args(tiny_data_dir, tmp_path), capsys)
+    assert code == 2 and "CuPy" in err
+
+
+def test_cupy_present_but_no_gpu_is_a_clear_error(capsys, tmp_path, tiny_data_dir, monkeypatch):
+    """A pip CuPy imports fine on a machine without a GPU; the message must say so, with CUDA's reason."""
+    import types
+
+    fake = types.ModuleType("cupy")
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def no_device():
+        raise CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--device", "gpu"), capsys)
+    assert code == 2 and "no CUDA device is usable" in err and "cudaErrorNoDevice" in err
+
+
+def test_missing_data_says_where_to_put_files(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("XPCNN_DATA_ORIGIN", (tmp_path / "offline").as_uri() + "/")
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(train_args(tmp_path / "empty", tmp_path), capsys)
+    assert code == 2 and "train-images-idx3-ubyte.gz" in err and str(tmp_path / "empty") in err
+
+
+def test_train_size_larger_than_data(capsys, tmp_path, tiny_data_dir):
+    argv = train_args(tiny_data_dir, tmp_path)
+    argv[argv.index("--train-size") + 1] = "5000"
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "--train-size 5000 is larger than the 2000 images available" in err
+
+
+def test_checkpoint_in_missing_folder_and_resume_without_checkpoint(capsys, tmp_path, tiny_data_dir):
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", tmp_path / "nope" / "c.npz"), capsys)
+    assert code == 2 and "folder does not exist" in err
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--resume"), capsys)
+    assert code == 2 and "--resume needs --checkpoint" in err
+
+
+def _saved_checkpoint(tmp_path, data_dir, capsys):
+    ckpt = tmp_path / "c.npz"
+    assert run(train_args(data_dir, tmp_path, "--checkpoint", ckpt, "--epochs", 1), capsys)[0] == 0
+    return ckpt
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda b: b[: len(b) // 2], "checkpoint"),
+    (lambda b: b"", "checkpoint"),
+    (lambda b: b[:-200] + bytes([b[-200] ^ 0xFF]) + b[-199:], "checkpoint"),
+])
+def test_damaged_checkpoints_are_refused(capsys, tmp_path, tiny_data_dir, damage, needle):
+    ckpt = _saved_checkpoint(tmp_path, tiny_data_dir, capsys)
+    ckpt.write_bytes(damage(ckpt.read_bytes()))
+    code, _, err = run(["evaluate", "--checkpoint", ckpt, "--data-dir", tiny_data_dir], capsys)
+    assert code == 2 and needle in err.lower()
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    code, _, err = run(["evaluate", "--checkpoint", tmp_path / "none.npz"], capsys)
+    assert code == 2 and "none.npz" in err
+
+
+def test_resume_from_another_architecture_is_refused(capsys, tmp_path, tiny_data_dir):
+    ckpt = tmp_path / "t.npz"
+    assert run(["train", "--preset", "tutorial", "--data-dir", tiny_data_dir, "--epochs", 2, "--quiet",
+                "--checkpoint", ckpt], capsys)[0] == 0
+    before = ckpt.read_bytes()
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume"), capsys)
+    assert code == 2 and "arch" in err
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20])
+def test_predict_refuses_non_images(capsys, tmp_path, tiny_data_dir, content):
+    ckpt = _saved_checkpoint(tmp_path, tiny_data_dir, capsys)
+    bad = tmp_path / "digit.png"
+    bad.write_bytes(content)
+    code, _, err = run(["predict", "--checkpoint", ckpt, bad], capsys)
+    assert code == 2 and str(bad) in err
+
+
+def test_exploding_learning_rate_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_data_dir):
+    ckpt = tmp_path / "t.npz"
+    args = train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--optimizer", "sgd")
+    assert run(args, capsys)[0] == 0
+    before = ckpt.read_bytes()
+    code, _, err = run([*args, "--epochs", 6, "--resume", "--learning-rate", "1e30"], capsys)
+    assert code == 1 and "loss became nan at epoch 3, step " in err
+    assert "RuntimeWarning" not in err
+    assert ckpt.read_bytes() == before  # the last finite checkpoint is untouched
+
+
+def test_unexpected_errors_exit_1_without_traceback(capsys, monkeypatch):
+    import xpcnn.commands
+
+    def boom(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(xpcnn.commands, "info", boom)
+    code, _, err = run(["info"], capsys)
+    assert code == 1 and "unexpected ZeroDivisionError: a bug" in err and "XPCNN_DEBUG" in err
+
+
+def test_environment_default_device_is_validated(capsys, monkeypatch):
+    monkeypatch.setenv("XPCNN_DEVICE", "quantum")
+    code, _, err = run(["gradcheck", "--preset", "tutorial"], capsys)
+    assert code == 2 and "Unknown device 'quantum'" in err
+
+
+def test_subprocess_failure_has_no_traceback(tmp_path):
+    env = dict(os.environ, XPCNN_DEVICE="cpu")
+    proc = subprocess.run([sys.executable, "-m", "xpcnn", "evaluate", "--checkpoint", str(tmp_path / "x.npz")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "x.npz" in proc.stderr
+    assert np.char.count(proc.stderr.strip(), "\n") == 0  # one line

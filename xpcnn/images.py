@@ -1,0 +1,232 @@
+"""Your own digit pictures (PNG, JPEG, ...) as MNIST-like model inputs, for ``xpcnn predict``.
+
+A photo or a drawing is not an MNIST sample: it is dark ink on light paper, any size, anywhere in
+the frame. :func:`load_image` turns it into what the network was trained on, in the order MNIST
+itself was made (LeCun et al.: size-normalised into a 20x20 box, then centred by the centre of
+mass in a 28x28 field):
+
+1. decode with Pillow, refusing anything that is not an image, is truncated, or claims more than
+   :data:`MAX_PIXELS` pixels (checked from the header, before any pixel is decoded);
+2. apply the EXIF orientation; composite transparency onto white; convert to grayscale;
+3. invert when the border is light (MNIST digits are light on dark);
+4. stretch so the background is 0 and the brightest ink 1; crop to the ink's bounding box;
+5. scale the longer side to 20/28 of the target size, keeping the aspect ratio;
+6. paste into the target size so the centre of mass sits at the centre.
+
+A blank picture (no ink) is only resized. Every failure is a :class:`~xpcnn.errors.DataError`
+that names the file, what was found and what was expected.
+
+Examples
+--------
+>>> import numpy as np, tempfile, pathlib
+>>> digit = np.zeros((28, 28), np.uint8); digit[6:22, 12:16] = 255   # a "1"
+>>> path = save_mnist_png(digit, pathlib.Path(tempfile.mkdtemp()) / "one.png")
+>>> x = load_image(path)
+>>> x.shape, x.dtype, float(x.min()), float(x.max())
+((1, 1, 28, 28), dtype('float32'), 0.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, InputError
+
+#: Largest picture decoded (width x height). A digit needs a few thousand pixels; a 40 MP limit
+#: admits any phone photo and refuses decompression bombs before they are expanded in memory.
+MAX_PIXELS = 40_000_000
+#: Pillow decoders tried. PNG and JPEG are what people have; the others are common and benign.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+BOX_FRACTION = 20 / 28  # MNIST: the digit's longer side fills 20 of 28 pixels
+INK_THRESHOLD = 0.15    # on the 0..1 stretched scale: "a bit above the background"
+BLANK_CONTRAST = 8.0    # gray levels (of 255) between background and brightest ink below which there is no ink
+EXPECTED = "a PNG or JPEG image"
+
+
+def _pillow():
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise InputError("Reading image files needs Pillow: pip install 'xpcnn[images]'") from None
+    return Image, ImageOps
+
+
+def _check_shape(input_shape):
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if (shape is None or len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer))
+                                                 or s < 1 for s in shape) or shape[0] not in (1, 3)):
+        raise InputError("The `input_shape` argument must be (channels, height, width) with 1 or 3 channels "
+                         f"and positive sizes. Received input_shape={input_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _read_gray(path: Path, Image, ImageOps) -> np.ndarray:
+    """Decode ``path`` into a float64 (H, W) array of gray levels 0..255 (transparent = white)."""
+    if not path.exists():
+        raise DataError(f"Image file {path} does not exist; expected {EXPECTED}.")
+    if path.is_dir():
+        raise DataError(f"Image path {path} is a directory; expected {EXPECTED} file.")
+    if not path.is_file():
+        raise DataError(f"Image path {path} is not a regular file; expected {EXPECTED}.")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise DataError(f"Image file {path} could not be read ({exc.strerror or exc}); expected {EXPECTED}.") from None
+    if size == 0:
+        raise DataError(f"Image file {path} is empty (0 bytes); expected {EXPECTED}.")
+    found = f"{size:,} bytes starting {head[:8]!r}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as img:
+                w, h = img.size
+                if w < 1 or h < 1 or w * h > MAX_PIXELS:
+                    raise DataError(f"Image file {path} claims {w}x{h} = {w * h:,} pixels; expected at most "
+                                    f"{MAX_PIXELS:,} (refused before decoding: a decompression bomb or a "
+                                    "picture far larger than a digit needs). Shrink it first.")
+                img.load()
+                return _to_gray(ImageOps.exif_transpose(img), Image)
+    except DataError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise DataError(f"Image file {path} is not {EXPECTED} (could not identify image file; found "
+                        f"{found}); expected one of {', '.join(FORMATS)}.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"Image file {path} is too large to decode safely ({exc}); expected at most "
+                        f"{MAX_PIXELS:,} pixels.") from None
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+        raise DataError(f"Image file {path} is truncated or corrupt ({type(exc).__name__}: {exc}; found "
+                        f"{found}); expected a complete PNG or JPEG image.") from None
+
+
+def _to_gray(img, Image) -> np.ndarray:
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode.startswith("I;16"):
+        return np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+    if img.mode in ("I", "F"):  # 32-bit int (often a 16-bit PNG) or float (TIFF): scale by the range in use
+        a = np.asarray(img, dtype=np.float64)
+        top = float(a.max(initial=0.0))
+        full = 1.0 if img.mode == "F" and top <= 1 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+        return np.clip(a * (255.0 / full), 0.0, 255.0)
+    if "A" in img.mode or "a" in img.mode or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if img.mode not in ("L", "RGB", "RGBA", "1"):
+        img = img.convert("RGB")  # CMYK, YCbCr, LAB, ...
+    return np.asarray(img.convert("L"), dtype=np.float64)
+
+
+def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True) -> np.ndarray:
+    """Gray levels (H, W) 0..255, any size -> an MNIST-like (height, width) float64 image in [0, 1].
+
+    ``invert=None`` inverts when the border's median is light (> 127). ``center=False`` skips the
+    crop / 20-px box / centre-of-mass steps and only resizes (for pictures that fill the frame,
+    like Fashion-MNIST).
+    """
+    Image, _ = _pillow()
+    g = np.asarray(gray, dtype=np.float64)
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    if invert is None:
+        invert = bool(np.median(border) > 127)
+    if invert:
+        g, border = 255.0 - g, 255.0 - border
+    background, top = float(np.median(border)), float(g.max())
+    if top - background < BLANK_CONTRAST:  # no ink: nothing to crop or centre
+        return np.clip(_resize(g, size, Image), 0, 255) / 255.0
+    ink = np.clip((g - background) / (top - background), 0.0, 1.0)
+    if not center:
+        return np.clip(_resize(ink, size, Image), 0.0, 1.0)
+    ink[ink < INK_THRESHOLD / 2] = 0.0  # paper texture and JPEG noise are not ink
+    rows, cols = np.nonzero((ink > INK_THRESHOLD).any(axis=1))[0], np.nonzero((ink > INK_THRESHOLD).any(axis=0))[0]
+    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    box_h, box_w = (max(1, round(s * BOX_FRACTION)) for s in size)
+    scale = min(box_h / ink.shape[0], box_w / ink.shape[1])
+    patch = np.clip(_resize(ink, (max(1, round(ink.shape[0] * scale)), max(1, round(ink.shape[1] * scale))),
+                            Image), 0.0, 1.0)
+    if patch.max() > 0:
+        patch /= patch.max()  # a thin pen stroke shrunk 100x is faint; MNIST ink peaks at 255
+    return _paste_centred(patch, size)
+
+
+def _resize(a, size, Image) -> np.ndarray:
+    h, w = size
+    if a.shape == (h, w):
+        return a.copy()
+    resized = Image.fromarray(a.astype(np.float32)).resize((w, h), Image.Resampling.LANCZOS)
+    return np.asarray(resized, dtype=np.float64)
+
+
+def _paste_centred(patch, size) -> np.ndarray:
+    """Place ``patch`` in a zero field so its centre of mass lands at (H/2, W/2), as in MNIST."""
+    h, w = size
+    ph, pw = patch.shape
+    mass = patch.sum()
+    cy = (patch.sum(axis=1) @ np.arange(ph)) / mass
+    cx = (patch.sum(axis=0) @ np.arange(pw)) / mass
+    # keep the whole digit in the field even when its mass sits far off its box's centre
+    top = int(np.clip(round(h / 2 - cy), 0, h - ph))
+    left = int(np.clip(round(w / 2 - cx), 0, w - pw))
+    out = np.zeros(size, dtype=np.float64)
+    out[top:top + ph, left:left + pw] = patch
+    return out
+
+
+def load_image(path, input_shape=(1, 28, 28), *, dtype="float32", invert=None, center=True) -> np.ndarray:
+    """Read a picture of a digit as a model input ``(1, C, H, W)`` with values in [0, 1].
+
+    Parameters
+    ----------
+    path : path-like
+        A PNG or JPEG file (BMP, GIF, TIFF, WebP, PPM also work).
+    input_shape : (C, H, W)
+        The model's per-sample input shape; C is 1, or 3 (the gray image repeated).
+    dtype : "float32" or "float64"
+    invert : bool, optional
+        Force (True) or forbid (False) inversion; by default decided from the border.
+    center : bool
+        MNIST-style crop, 20-px box and centre-of-mass centring (default); False only resizes.
+
+    Raises
+    ------
+    DataError
+        The file is missing, a directory, empty, not an image, truncated, or too large.
+    """
+    if dtype not in ("float32", "float64"):
+        raise InputError(f"The `dtype` argument must be 'float32' or 'float64'. Received dtype={dtype!r}")
+    c, h, w = _check_shape(input_shape)
+    Image, ImageOps = _pillow()
+    gray = _read_gray(Path(path), Image, ImageOps)
+    x = mnist_normalize(gray, (h, w), invert=invert, center=center).astype(dtype)
+    return np.ascontiguousarray(np.broadcast_to(x, (1, c, h, w)))
+
+
+def load_images(paths, input_shape=(1, 28, 28), *, dtype="float32", invert=None, center=True) -> np.ndarray:
+    """:func:`load_image` for several files, stacked into ``(N, C, H, W)``."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise InputError("The `paths` argument must name at least one image file. Received no paths.")
+    return np.concatenate([load_image(p, input_shape, dtype=dtype, invert=invert, center=center) for p in paths])
+
+
+def save_mnist_png(image, path) -> Path:
+    """Write a 2-D uint8 image (e.g. an MNIST sample, 28x28, 0..255) as a grayscale PNG.
+
+    Returns the written :class:`~pathlib.Path`; the parent folder must exist.
+    """
+    a = np.asarray(image)
+    if a.ndim != 2 or a.dtype != np.uint8:
+        raise InputError(f"save_mnist_png takes a 2-D uint8 array (H, W) of gray levels 0..255. Received "
+                         f"shape {a.shape}, dtype {a.dtype}.")
+    Image, _ = _pillow()
+    path = Path(path)
+    try:
+        Image.fromarray(np.ascontiguousarray(a)).save(path, format="PNG")
+    except OSError as exc:
+        raise InputError(f"Cannot write PNG {path}: {exc.strerror or exc}.") from None
+    return path
