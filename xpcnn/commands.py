@@ -112,7 +112,7 @@ def train(args):
             raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
         if args.learning_rate:
             model.optimizer.learning_rate = args.learning_rate
-        _echo(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}.", quiet=args.quiet)
+        print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}.", flush=True)
     else:
         if args.resume:
             _echo(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", quiet=args.quiet)
