@@ -72,6 +72,8 @@ def build_parser():
     t.add_argument("--metrics-out", default=None, help="JSON lines file: one object per epoch")
     t.add_argument("--plots", default=None, metavar="DIR", help="write curves, filters and feature maps here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks (run under mpirun -n K; needs the 'mpi' extra)")
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on the test set")
     e.add_argument("--checkpoint", required=True)

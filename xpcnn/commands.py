@@ -101,11 +101,19 @@ def train(args):
         if path:
             _writable_parent(path, what)
     backend = get_backend(args.device)
+    comm = None
+    if args.distributed:
+        from .distributed import init
+
+        comm = init(backend)
+        if comm.rank != 0:  # rank 0 alone prints, writes metrics, checkpoints and pictures
+            args.quiet, args.metrics_out, args.plots = True, None, None
     _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype,
                                 args.train_size or _default(preset["train_size"]), args.test_size or _default(preset["test_size"]),
                                 args.quiet)
 
     fresh = build_model(preset, device=backend, dtype=args.dtype, seed=args.seed)
+    main_rank = comm is None or comm.rank == 0
     if args.resume and Path(args.checkpoint).exists():
         model = load_model(args.checkpoint, device=backend, fallback=True, expected_arch=fresh.get_config())
         if model.dtype != args.dtype:
@@ -119,6 +127,9 @@ def train(args):
         model = fresh
         opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"])
         model.compile(opt, loss=preset["loss"])
+    if comm is not None:
+        model.comm = comm
+        comm.broadcast_parameters([layer for layer in model.layers if layer.params])
     if not args.quiet:
         model.summary()
 
@@ -135,7 +146,7 @@ def train(args):
                        "test_loss": logs.get("val_loss"), "test_accuracy": logs.get("val_accuracy"),
                        "seconds": logs["seconds"], "images_per_second": logs["images_per_second"],
                        "device": str(model.backend)})
-        if args.checkpoint:
+        if args.checkpoint and main_rank:
             model.save(args.checkpoint, extra=extra)
 
     start = time.perf_counter()
@@ -150,7 +161,11 @@ def train(args):
     h = model.history
     acc = h.get("val_accuracy", [float("nan")])[-1] if h else float("nan")
     train_acc = h.get("accuracy", [float("nan")])[-1] if h else float("nan")
+    if not main_rank:
+        return 0
     where = f"checkpoint: {args.checkpoint}" if args.checkpoint else "no checkpoint (use --checkpoint PATH)"
+    if comm is not None:
+        where += f"; {comm.size} processes"
     print(f"xpcnn train: preset {args.preset}, {model.epoch} epochs on {model.backend}: train accuracy "
           f"{train_acc:.4f}, test accuracy {acc:.4f}, {total:.1f} s; {where}", flush=True)
     return 0

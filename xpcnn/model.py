@@ -81,6 +81,7 @@ class Sequential:
         self.input_shape = None
         self.optimizer, self.loss, self.metrics = None, None, []
         self.epoch = 0  # epochs completed (what resume continues from)
+        self.comm = None  # a xpcnn.distributed.Communicator when training data-parallel
         self.history = {}
         if input_shape is not None:
             self.build(input_shape)
@@ -160,14 +161,29 @@ class Sequential:
             raise InputError("Call model.compile(optimizer=..., loss=...) before fit/evaluate.")
         return F.LOSSES[self.loss]
 
-    def train_step(self, xb, yb):
-        """One gradient step on a device batch; returns (loss, accuracy) as device 0-d arrays."""
+    def train_step(self, xb, yb, global_batch=None):
+        """One gradient step on a device batch; returns (loss, accuracy) as device 0-d arrays.
+
+        Data-parallel: ``xb`` is this rank's shard of a batch of ``global_batch`` samples; the
+        gradient of the shard's mean loss, weighted by shard/global size and summed over the
+        ranks (one allreduce), is the gradient of the global batch's mean loss.
+        """
         fwd, bwd, threshold = self._loss_fns()
-        out = self.forward(xb, training=True)
-        loss, cache = fwd(out, yb)
-        self.backward(bwd(cache))
-        self.optimizer.apply([layer for layer in self.layers if layer.params])
-        return loss, F.accuracy(out, yb, threshold=0.5 if threshold is None else threshold)
+        weighted = [layer for layer in self.layers if layer.params]
+        if xb.shape[0] == 0:  # an empty shard still joins the allreduce, with zero gradients
+            for layer in weighted:
+                layer.grads = {k: self.backend.xp.zeros_like(p) for k, p in layer.params.items()}
+            zero = self.backend.xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
+            loss = acc = zero
+        else:
+            out = self.forward(xb, training=True)
+            loss, cache = fwd(out, yb)
+            self.backward(bwd(cache))
+            acc = F.accuracy(out, yb, threshold=0.5 if threshold is None else threshold)
+        if self.comm is not None:
+            self.comm.allreduce_gradients(weighted, xb.shape[0] / (global_batch or xb.shape[0]))
+        self.optimizer.apply(weighted)
+        return loss, acc
 
     def fit(self, x, y, batch_size=32, epochs=1, validation_data=None, shuffle=True, seed=None, verbose=1,
             initial_epoch=None, callbacks=(), device_data_bytes=2**31):

@@ -1,6 +1,9 @@
 """The training loop behind ``Sequential.fit``/``evaluate``: input checks, moving data to the
 device, the progress bar, and the non-finite-loss guard.
 
+Data-parallel runs (``model.comm``, see :mod:`xpcnn.distributed`) shard every global batch over
+the ranks, average gradients with one allreduce per step, and reduce the metrics.
+
 No per-step host synchronisation: each step's loss is written into a device array; the host
 reads it (one small transfer) only when the progress bar refreshes, at most ~4 times a second,
 and at the end of the epoch. That read is also where a NaN/inf loss is caught, naming its step.
@@ -100,6 +103,9 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     n = x.shape[0]
     steps = -(-n // batch_size)
     xp = model.backend.xp
+    comm = model.comm  # data-parallel: every rank takes its shard of each global batch
+    if comm is not None and batch_size < comm.size:
+        raise InputError(f"--batch-size {batch_size} is smaller than the {comm.size} processes; each needs a share.")
     # Full-batch training (one step an epoch, like the tutorial) gets one bar over all epochs.
     run_bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="Training", disable=not verbose or steps > 1,
                    dynamic_ncols=True)
@@ -113,15 +119,21 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
         seen = shown = 0
         for step, (xb, yb) in enumerate(device_batches(model, x, y, batch_size, order, device_data_bytes)):
             model.reseed_dropout(seed, epoch, step)
-            loss, acc = model.train_step(xb, yb)
             nb = xb.shape[0]
-            losses[step] = loss * nb
-            hits[step] = acc * nb
+            if comm is not None:
+                lo, hi = comm.shard(nb)
+                xb, yb = xb[lo:hi, ...], yb[lo:hi, ...]
+            loss, acc = model.train_step(xb, yb, global_batch=nb)
+            local = xb.shape[0]
+            losses[step] = loss * local
+            hits[step] = acc * local
             seen += nb
             now = time.perf_counter()
-            if now - last > 0.25 or step == steps - 1:
+            # Distributed ranks must check at the same steps (the check is collective).
+            due = (step % 16 == 15) if comm is not None else (now - last > 0.25)
+            if due or step == steps - 1:
                 model.backend.synchronize()
-                _check_losses(losses, shown, step, epoch, finite_or_raise)
+                _check_losses(losses, shown, step, epoch, finite_or_raise, comm)
                 shown = step + 1
                 bar.set_postfix(loss=f"{float(xp.sum(losses)) / seen:.4f}", acc=f"{float(xp.sum(hits)) / seen:.4f}",
                                 img_s=f"{seen / (now - start):,.0f}", refresh=False)
@@ -129,8 +141,8 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
                 last = now
         model.backend.synchronize()
         seconds = time.perf_counter() - start
-        logs = {"loss": float(xp.sum(losses)) / n, "accuracy": float(xp.sum(hits)) / n, "seconds": seconds,
-                "images_per_second": n / seconds}
+        total_loss, total_hits = _sum_over_ranks(comm, [float(xp.sum(losses)), float(xp.sum(hits))])
+        logs = {"loss": total_loss / n, "accuracy": total_hits / n, "seconds": seconds, "images_per_second": n / seconds}
         if validation_data is not None:
             val = run_evaluate(model, vx, vy, batch_size=max(batch_size, 256), checked=True)
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
@@ -149,8 +161,16 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     return model.history
 
 
-def _check_losses(losses, first, last, epoch, finite_or_raise):
-    part = to_numpy(losses[first : last + 1])
+def _sum_over_ranks(comm, values):
+    if comm is None:
+        return values
+    return [float(v) for v in comm.allreduce_sum(np.asarray(values, dtype=np.float64))]
+
+
+def _check_losses(losses, first, last, epoch, finite_or_raise, comm=None):
+    part = to_numpy(losses[first : last + 1]).astype(np.float64)
+    if comm is not None:
+        part = comm.allreduce_sum(part)  # NaN on any rank -> NaN everywhere: all ranks stop together
     bad = np.flatnonzero(~np.isfinite(part))
     if bad.size:
         finite_or_raise(float(part[bad[0]]), epoch, first + int(bad[0]))
@@ -164,6 +184,9 @@ def run_evaluate(model, x, y, *, batch_size=256, verbose=0, checked=False):
 
     total_loss = total_hits = 0.0
     n = x.shape[0]
+    if model.comm is not None:  # sharded evaluation, reduced below
+        lo, hi = model.comm.shard(n)
+        x, y = x[lo:hi], y[lo:hi]
     batches = device_batches(model, x, y, batch_size)
     for xb, yb in tqdm(batches, total=-(-n // batch_size), disable=not verbose, desc="Evaluate", unit="batch"):
         out = model.forward(xb, training=False)
@@ -171,4 +194,5 @@ def run_evaluate(model, x, y, *, batch_size=256, verbose=0, checked=False):
         acc = F.accuracy(out, yb, threshold=0.5 if threshold is None else threshold)
         total_loss = total_loss + loss * xb.shape[0]
         total_hits = total_hits + acc * xb.shape[0]
-    return {"loss": float(total_loss) / n, "accuracy": float(total_hits) / n}
+    total_loss, total_hits = _sum_over_ranks(model.comm, [float(total_loss), float(total_hits)])
+    return {"loss": total_loss / n, "accuracy": total_hits / n}
