@@ -424,7 +424,7 @@ def _load_or_checkpoint_error(path, arrays):
     assert_same_arrays(got, arrays)  # whatever loads passed the digest, so it is the original
 
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ

@@ -215,7 +215,7 @@ def idx_like(draw):
     return raw
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(idx_like())
 def test_read_idx_fuzz_raises_only_data_error(payload):
     try:

@@ -58,6 +58,7 @@ import math
 import os
 import stat
 import struct
+import tokenize
 import tempfile
 import zipfile
 import zlib
@@ -79,8 +80,11 @@ _NUMERIC_KINDS = "biufc"
 _PICKLE = ("it contains pickled Python objects, which xpcnn refuses to load because unpickling "
            "can run arbitrary code")
 # What a damaged or hostile archive can make zipfile, zlib and numpy.lib.format raise.
+# NumPy parses a .npy header with ast.literal_eval, so a damaged one can also raise SyntaxError
+# or tokenize.TokenError (found by fuzzing).
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError,
-                MemoryError, RuntimeError, struct.error, zipfile.BadZipFile, zlib.error)
+                MemoryError, RuntimeError, SyntaxError, tokenize.TokenError, struct.error,
+                zipfile.BadZipFile, zlib.error)
 
 
 def previous_path(path) -> Path:

@@ -34,6 +34,7 @@ import io
 import math
 import os
 import tempfile
+import tokenize
 import urllib.request
 import zipfile
 import zlib
@@ -195,7 +196,8 @@ def load_npz_dataset(path, *, name=None) -> Dataset:
         with zipfile.ZipFile(path) as zf:
             for key in IDX_FILES:
                 arrays[key] = _read_npz_member(zf, key, path)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+    except (OSError, EOFError, ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError,
+            zipfile.BadZipFile, zlib.error) as exc:  # NumPy parses .npy headers with ast: SyntaxError too
         if isinstance(exc, DataError):
             raise
         raise DataError(f"Could not read {path} as an .npz archive: {type(exc).__name__}: {exc}. "
