@@ -14,6 +14,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from mutations import mutate
 from hypothesis import strategies as st
 
 import xpcnn
@@ -439,20 +440,6 @@ def test_fuzz_random_bytes(fuzz_file, data):
 @given(st.data())
 def test_fuzz_mutated_checkpoint(fuzz_file, data):
     path, good, arrays = fuzz_file
-    blob = bytearray(good)
-    position = st.integers(0, len(good) - 1)
-    for kind, at, value in data.draw(
-        st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "insert"]), position,
-                           st.integers(0, 255)), min_size=1, max_size=4)
-    ):
-        at = min(at, max(len(blob) - 1, 0))
-        if kind == "flip" and blob:
-            blob[at] ^= 1 << (value % 8)
-        elif kind == "set" and blob:
-            blob[at] = value
-        elif kind == "cut":
-            del blob[at:]
-        else:
-            blob[at:at] = bytes([value])
-    path.write_bytes(bytes(blob))
+    blob = mutate(data, good)
+    path.write_bytes(blob)
     _load_or_checkpoint_error(path, arrays)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import mutate
 
 from xpcnn.data import load_npz_dataset
 from xpcnn.errors import DataError
@@ -45,20 +46,7 @@ def _load_or_data_error(path):
                                                                    HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_mutated_npz_raises_only_data_error(npz_path, data):
-    blob = bytearray(GOOD)
-    for kind, at, value in data.draw(st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "insert"]),
-                                                        st.integers(0, len(GOOD) - 1), st.integers(0, 255)),
-                                              min_size=1, max_size=4)):
-        at = min(at, max(len(blob) - 1, 0))
-        if kind == "flip" and blob:
-            blob[at] ^= 1 << (value % 8)
-        elif kind == "set" and blob:
-            blob[at] = value
-        elif kind == "cut":
-            del blob[at:]
-        else:
-            blob[at:at] = bytes([value])
-    npz_path.write_bytes(bytes(blob))
+    npz_path.write_bytes(mutate(data, GOOD))
     _load_or_data_error(npz_path)
 
 
