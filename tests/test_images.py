@@ -122,6 +122,32 @@ def test_off_centre_small_digit_is_centred_and_scaled(tmp_path):
     assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
 
 
+def _draw_seven(size, width, offset=(0, 0), scale=1.0):
+    from PIL import ImageDraw
+
+    img = Image.new("L", size, 255)
+    ox, oy = offset
+    points = [(ox + scale * x, oy + scale * y) for x, y in ((40, 40), (200, 40), (110, 260))]
+    ImageDraw.Draw(img).line(points, fill=0, width=width, joint="curve")
+    return img
+
+
+def test_photo_with_uneven_light_noise_and_a_thin_pen(tmp_path, rng):
+    clean = tmp_path / "clean.png"
+    _draw_seven((280, 300), 28).save(clean)  # a bold marker drawing: the reference
+    photo = np.asarray(_draw_seven((1600, 1200), 9, offset=(900, 500), scale=2.0), dtype=np.float64)
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    photo = photo * (0.6 + 0.3 * xx / 1600 + 0.1 * yy / 1200) + rng.normal(0, 6, photo.shape)  # shadow, grain
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(path, quality=85)
+    x, ref = load_image(path)[0, 0], load_image(clean)[0, 0]
+    assert x[:3].max() < 0.05 and x[:, :3].max() < 0.05, "the shadow must not count as ink"
+    rows, cols = np.nonzero(x > 0.3)
+    assert max(np.ptp(rows), np.ptp(cols)) + 1 in (19, 20, 21)
+    assert 0.5 * ref.mean() < x.mean() < 2 * ref.mean(), "thin pen strokes are thickened to MNIST's width"
+    assert _corr(x, ref, slack=2) > 0.8  # stroke widths differ, so the centre of mass may too
+
+
 @pytest.mark.parametrize("value", [0, 255])
 def test_blank_image_gives_an_empty_field(value, tmp_path):
     path = save_mnist_png(np.full((50, 40), value, np.uint8), tmp_path / "blank.png")
@@ -157,7 +183,8 @@ def test_bad_arguments_are_input_errors(kwargs, tmp_path):
 
 
 def test_missing_pillow_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "PIL", None)
+    for name in [m for m in sys.modules if m == "PIL" or m.startswith("PIL.")] + ["PIL"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed, even if imported before
     with pytest.raises(InputError, match=r"pip install 'xpcnn\[images\]'"):
         load_image(tmp_path / "x.png")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -68,10 +69,15 @@ class Backend:
         """The namespace's dtype object for ``"float32"``/``"float64"``/``"int64"``."""
         return getattr(self.xp, name)
 
+    @cached_property
+    def namespace(self):
+        """What ``array_namespace`` returns for this backend's arrays (compat wrapper or strict)."""
+        return array_namespace(self.xp.empty(0, device=self.device))
+
     def owns(self, x) -> bool:
         """Whether ``x`` is an array of this namespace on this device."""
         try:
-            same_ns = array_namespace(x) is array_namespace(self.xp.empty(0, device=self.device))
+            same_ns = array_namespace(x) is self.namespace
         except TypeError:
             return False
         return same_ns and _device_of(x) == self.device
@@ -194,7 +200,7 @@ def move(x, backend: Backend):
     if backend.owns(x):
         return x
     try:
-        if array_namespace(x) is array_namespace(backend.xp.empty(0, device=backend.device)):
+        if array_namespace(x) is backend.namespace:
             return _to_device(x, backend.device)
     except TypeError:
         pass

@@ -7,10 +7,13 @@ mass in a 28x28 field):
 
 1. decode with Pillow, refusing anything that is not an image, is truncated, or claims more than
    :data:`MAX_PIXELS` pixels (checked from the header, before any pixel is decoded);
-2. apply the EXIF orientation; composite transparency onto white; convert to grayscale;
-3. invert when the border is light (MNIST digits are light on dark);
+2. apply the EXIF orientation; composite transparency onto white; convert to grayscale; shrink
+   to at most :data:`WORK_SIZE` pixels a side;
+3. invert when the border is light (MNIST digits are light on dark); when the border is uneven
+   (a photo's shadow), subtract a smooth estimate of the paper's brightness first;
 4. stretch so the background is 0 and the brightest ink 1; crop to the ink's bounding box;
-5. scale the longer side to 20/28 of the target size, keeping the aspect ratio;
+5. scale the longer side to 20/28 of the target size, keeping the aspect ratio (a pen stroke
+   that would end up much thinner than MNIST's is widened on the way);
 6. paste into the target size so the centre of mass sits at the centre.
 
 A blank picture (no ink) is only resized. Every failure is a :class:`~xpcnn.errors.DataError`
@@ -28,6 +31,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -38,10 +42,15 @@ from .errors import DataError, InputError
 #: Largest picture decoded (width x height). A digit needs a few thousand pixels; a 40 MP limit
 #: admits any phone photo and refuses decompression bombs before they are expanded in memory.
 MAX_PIXELS = 40_000_000
+#: Pictures are shrunk to at most this many pixels a side before any float work (box averaging).
+WORK_SIZE = 2000
 #: Pillow decoders tried. PNG and JPEG are what people have; the others are common and benign.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 BOX_FRACTION = 20 / 28  # MNIST: the digit's longer side fills 20 of 28 pixels
 INK_THRESHOLD = 0.15    # on the 0..1 stretched scale: "a bit above the background"
+UNEVEN_BORDER = 24.0    # gray levels between the border's 10th and 90th percentiles that mean "uneven light"
+STROKE = 2.5           # MNIST's median stroke width, pixels, in its 20-px box
+MID = 4                # big pictures are first shrunk to MID x the result, where strokes are measured
 BLANK_CONTRAST = 8.0    # gray levels (of 255) between background and brightest ink below which there is no ink
 EXPECTED = "a PNG or JPEG image"
 
@@ -89,6 +98,7 @@ def _read_gray(path: Path, Image, ImageOps) -> np.ndarray:
                     raise DataError(f"Image file {path} claims {w}x{h} = {w * h:,} pixels; expected at most "
                                     f"{MAX_PIXELS:,} (refused before decoding: a decompression bomb or a "
                                     "picture far larger than a digit needs). Shrink it first.")
+                img.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a fraction of a huge photo's size
                 img.load()
                 return _to_gray(ImageOps.exif_transpose(img), Image)
     except DataError:
@@ -105,21 +115,24 @@ def _read_gray(path: Path, Image, ImageOps) -> np.ndarray:
 
 
 def _to_gray(img, Image) -> np.ndarray:
+    """Any Pillow mode -> float64 gray levels 0..255, at most :data:`WORK_SIZE` pixels on a side."""
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode.startswith("I;16"):
-        return np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
-    if img.mode in ("I", "F"):  # 32-bit int (often a 16-bit PNG) or float (TIFF): scale by the range in use
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit PNG, 32-bit int or float TIFF
         a = np.asarray(img, dtype=np.float64)
         top = float(a.max(initial=0.0))
-        full = 1.0 if img.mode == "F" and top <= 1 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
-        return np.clip(a * (255.0 / full), 0.0, 255.0)
-    if "A" in img.mode or "a" in img.mode or (img.mode in ("L", "RGB") and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    if img.mode not in ("L", "RGB", "RGBA", "1"):
-        img = img.convert("RGB")  # CMYK, YCbCr, LAB, ...
-    return np.asarray(img.convert("L"), dtype=np.float64)
+        full = 65535.0 if img.mode.startswith("I;16") else (
+            1.0 if img.mode == "F" and top <= 1 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top)
+        gray = Image.fromarray(np.clip(a * (255.0 / full), 0.0, 255.0).astype(np.float32))
+    else:
+        if "A" in img.mode or "a" in img.mode or (img.mode in ("L", "RGB") and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        if img.mode not in ("L", "RGB", "RGBA", "1"):
+            img = img.convert("RGB")  # CMYK, YCbCr, LAB, ...
+        gray = img.convert("L")
+    factor = math.ceil(max(gray.size) / WORK_SIZE)
+    return np.asarray(gray.reduce(factor) if factor > 1 else gray, dtype=np.float64)
 
 
 def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True) -> np.ndarray:
@@ -136,6 +149,9 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
         invert = bool(np.median(border) > 127)
     if invert:
         g, border = 255.0 - g, 255.0 - border
+    if np.percentile(border, 90) - np.percentile(border, 10) > UNEVEN_BORDER:
+        g = _flatten_lighting(g, Image)
+        border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     background, top = float(np.median(border)), float(g.max())
     if top - background < BLANK_CONTRAST:  # no ink: nothing to crop or centre
         return np.clip(_resize(g, size, Image), 0, 255) / 255.0
@@ -143,10 +159,14 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
     if not center:
         return np.clip(_resize(ink, size, Image), 0.0, 1.0)
     ink[ink < INK_THRESHOLD / 2] = 0.0  # paper texture and JPEG noise are not ink
-    rows, cols = np.nonzero((ink > INK_THRESHOLD).any(axis=1))[0], np.nonzero((ink > INK_THRESHOLD).any(axis=0))[0]
-    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    y0, y1, x0, x1 = _ink_box(ink, Image)
+    ink = ink[y0:y1, x0:x1]
     box_h, box_w = (max(1, round(s * BOX_FRACTION)) for s in size)
     scale = min(box_h / ink.shape[0], box_w / ink.shape[1])
+    if scale < 1 / MID:  # much larger than the result: thin pen strokes would fade away, thicken them first
+        ink = _resize(ink, (max(1, round(ink.shape[0] * scale * MID)), max(1, round(ink.shape[1] * scale * MID))),
+                      Image, Image.Resampling.BOX)
+        ink, scale = _thicken(ink, MID * STROKE * max(box_h, box_w) / 20), 1 / MID
     patch = np.clip(_resize(ink, (max(1, round(ink.shape[0] * scale)), max(1, round(ink.shape[1] * scale))),
                             Image), 0.0, 1.0)
     if patch.max() > 0:
@@ -154,11 +174,58 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
     return _paste_centred(patch, size)
 
 
-def _resize(a, size, Image) -> np.ndarray:
+def _thicken(ink, target) -> np.ndarray:
+    """Widen strokes thinner than ``target`` pixels with a max filter; others are left alone.
+
+    Stroke width is estimated as 2 * area / perimeter of the ink mask (a stroke of length L and
+    width w has area L*w and perimeter about 2L).
+    """
+    mask = ink > 0.5 * ink.max()
+    p = np.pad(mask, 1)
+    inner = mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]  # its 4 neighbours are ink too
+    width = 2 * mask.sum() / max(1, (mask & ~inner).sum())
+    if width >= 0.65 * target:  # as thick as nearly all MNIST strokes already
+        return ink
+    k = max(1, round(target - width)) | 1
+    ink = np.where(ink > INK_THRESHOLD * ink.max(), ink, 0.0)  # a max filter would spread the paper's noise
+    return np.lib.stride_tricks.sliding_window_view(np.pad(ink, k // 2), (k, k)).max(axis=(-2, -1))
+
+
+def _ink_box(ink, Image):
+    """(top, bottom, left, right) of the ink, found on a copy at most ~300 px wide.
+
+    Shrinking averages the per-pixel noise of a photo away (one noisy pixel in two million would
+    otherwise stretch the box to the whole frame); a small picture is used as it is.
+    """
+    h, w = ink.shape
+    f = max(1, max(h, w) // 300)
+    small = ink if f == 1 else _resize(ink, (max(1, h // f), max(1, w // f)), Image, Image.Resampling.BOX)
+    mask = small > INK_THRESHOLD * small.max()
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    sy, sx = h / small.shape[0], w / small.shape[1]
+    return (int(rows[0] * sy), min(h, int(np.ceil((rows[-1] + 1) * sy))),
+            int(cols[0] * sx), min(w, int(np.ceil((cols[-1] + 1) * sx))))
+
+
+def _flatten_lighting(g, Image) -> np.ndarray:
+    """Subtract the slowly varying background of a photo (shadows, uneven light) from ``g``.
+
+    The background is a low percentile over windows a quarter of the picture wide, computed on a
+    64-px copy: a pen stroke covers little of such a window, so it does not count as background.
+    """
+    h, w = g.shape
+    small = _resize(g, (max(8, round(64 * h / max(h, w))), max(8, round(64 * w / max(h, w)))), Image)
+    k = max(3, max(small.shape) // 4 | 1)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(small, k // 2, mode="reflect"), (k, k))
+    background = np.percentile(windows, 30, axis=(-2, -1))
+    return np.clip(g - _resize(background, (h, w), Image, Image.Resampling.BILINEAR), 0.0, 255.0)
+
+
+def _resize(a, size, Image, method=None) -> np.ndarray:
     h, w = size
     if a.shape == (h, w):
         return a.copy()
-    resized = Image.fromarray(a.astype(np.float32)).resize((w, h), Image.Resampling.LANCZOS)
+    resized = Image.fromarray(a.astype(np.float32)).resize((w, h), method or Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.float64)
 
 
@@ -167,6 +234,8 @@ def _paste_centred(patch, size) -> np.ndarray:
     h, w = size
     ph, pw = patch.shape
     mass = patch.sum()
+    if mass <= 0:
+        return _resize(patch, size, _pillow()[0])
     cy = (patch.sum(axis=1) @ np.arange(ph)) / mass
     cx = (patch.sum(axis=0) @ np.arange(pw)) / mass
     # keep the whole digit in the field even when its mass sits far off its box's centre

@@ -35,7 +35,7 @@ def _matplotlib():
     return Figure, MaxNLocator, PercentFormatter
 
 
-def _save(fig, path, dpi=110) -> Path:
+def _save(fig, path, dpi=130) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,17 +110,15 @@ def _mosaic(ax, tiles, ncols, *, vmin, vmax, cmap, tile_labels=None, row_labels=
     from matplotlib.patches import Rectangle
 
     k, h, w = tiles.shape
-    nrows = math.ceil(k / ncols)
-    gx, gy = max(1, math.ceil(0.12 * w)), max(1, math.ceil((0.4 if tile_labels else 0.12) * h))
-    oy = gy if tile_labels else 0  # room above the first row for its labels
-    canvas = np.full((oy + nrows * h + (nrows - 1) * gy, ncols * w + (ncols - 1) * gx), np.nan)
+    gx, gy, oy, shape = _canvas(tiles.shape, ncols, bool(tile_labels))
+    canvas = np.full(shape, np.nan)
     corners = [(oy + (i // ncols) * (h + gy), (i % ncols) * (w + gx)) for i in range(k)]
     for tile, (y0, x0) in zip(tiles, corners):
         canvas[y0:y0 + h, x0:x0 + w] = tile
     im = ax.imshow(canvas, cmap=colormaps[cmap].with_extremes(bad="white"), vmin=vmin, vmax=vmax,
                    interpolation="nearest")
     ax.add_collection(PatchCollection([Rectangle((x0 - 0.5, y0 - 0.5), w, h) for y0, x0 in corners],
-                                      facecolor="none", edgecolor="0.45", linewidth=0.6))
+                                      facecolor="none", edgecolor="0.45", linewidth=0.6, clip_on=False))
     for label, (y0, x0) in zip(tile_labels or [], corners):
         ax.text(x0 + w / 2 - 0.5, y0 - 0.7, label, ha="center", va="bottom", fontsize=7)
     ax.set_yticks([oy + r * (h + gy) + h / 2 - 0.5 for r in range(len(row_labels or []))], row_labels or [],
@@ -128,9 +126,29 @@ def _mosaic(ax, tiles, ncols, *, vmin, vmax, cmap, tile_labels=None, row_labels=
     ax.set_xticks([c * (w + gx) + w / 2 - 0.5 for c in range(len(col_labels or []))], col_labels or [], fontsize=7)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
+    if row_labels:
+        ax.set_ylabel("filter", fontsize=8)
+    if col_labels:
+        ax.xaxis.set_label_position("top")
+        ax.set_xlabel("input channel", fontsize=8)
     for spine in ax.spines.values():
         spine.set_visible(False)
     return im
+
+
+def _canvas(tiles_shape, ncols, labelled):
+    """Gaps (x, y), top margin and (height, width) in pixels of the mosaic of ``tiles_shape``."""
+    k, h, w = tiles_shape
+    nrows = math.ceil(k / ncols)
+    gx, gy = max(1, math.ceil(0.12 * w)), max(1, math.ceil((0.4 if labelled else 0.12) * h))
+    oy = gy if labelled else 0  # room above the first row for its labels
+    return gx, gy, oy, (oy + nrows * h + (nrows - 1) * gy, ncols * w + (ncols - 1) * gx)
+
+
+def _axes_size(tiles_shape, ncols, labelled, width):
+    """(width, height) in inches of an axes ``width`` wide holding that mosaic."""
+    h, w = _canvas(tiles_shape, ncols, labelled)[3]
+    return width, width * h / w
 
 
 def _layout(k, max_filters, max_channels):
@@ -141,7 +159,7 @@ def _layout(k, max_filters, max_channels):
         ncols = min(f, max(4, math.ceil(math.sqrt(f))))
         return k[:f, 0], ncols, math.ceil(f / ncols), {"tile_labels": [f"#{i}" for i in range(f)]}, note
     # several channels: a row per filter, a column per input channel
-    labels = {"row_labels": [f"#{i}" for i in range(f)], "col_labels": [f"in {j}" for j in range(c)]}
+    labels = {"row_labels": [f"#{i}" for i in range(f)], "col_labels": [str(j) for j in range(c)]}
     return k[:f, :c].reshape(f * c, *k.shape[2:]), c, f, labels, note
 
 
@@ -159,11 +177,12 @@ def plot_filters(kernel, path, title="", *, cmap="gray", max_filters=64, max_cha
     k = _kernel(kernel)
     Figure = _matplotlib()[0]
     tiles, ncols, nrows, labels, note = _layout(k, max_filters, max_channels)
-    cell, vmax = _cell(nrows, ncols), float(np.abs(k).max()) or 1.0
-    fig = Figure(figsize=(ncols * cell + 1.8, nrows * cell * 1.25 + 1.0), layout="constrained")
+    vmax = float(np.abs(k).max()) or 1.0
+    aw, ah = _axes_size(tiles.shape, ncols, "tile_labels" in labels, ncols * _cell(nrows, ncols))
+    fig = Figure(figsize=(aw + 1.6, ah + 0.8), layout="constrained")
     ax = fig.subplots()
     im = _mosaic(ax, tiles, ncols, vmin=-vmax, vmax=vmax, cmap=cmap, **labels)
-    fig.colorbar(im, ax=ax, shrink=min(0.8, 4 / (nrows * cell * 1.25 + 1)) if nrows > 2 else 0.9, label="weight")
+    fig.colorbar(im, ax=ax, shrink=min(0.9, 4.0 / ah), label="weight")
     f, c, kh, kw = k.shape
     fig.suptitle(f"{title or 'Conv2D filters'}: {f} filters x {c} channel{'s' * (c != 1)}, {kh}x{kw}{note}",
                  fontsize="medium", weight="bold")
@@ -173,13 +192,17 @@ def plot_filters(kernel, path, title="", *, cmap="gray", max_filters=64, max_cha
 def plot_before_after_filters(before, after, path, title="", *, cmap="gray", max_filters=64,
                               max_channels=16) -> Path:
     """The same kernel before and after training (one shared scale), and the change between them."""
+    if before is after or np.shares_memory(to_numpy(before), to_numpy(after)):
+        raise InputError("`before` and `after` are the same array, so nothing changed. Keep a copy of the "
+                         "weights before training: before = [w.copy() for w in model.get_weights()].")
     b, a = _kernel(before, "before"), _kernel(after, "after")
     if b.shape != a.shape:
         raise ShapeError(f"`before` and `after` must have the same shape. Received {b.shape} and {a.shape}.")
     Figure = _matplotlib()[0]
-    _, ncols, nrows, _, note = _layout(b, max_filters, max_channels)
-    cell = _cell(nrows, 3 * ncols)
-    fig = Figure(figsize=(3 * (ncols * cell + 1.4), nrows * cell * 1.25 + 1.3), layout="constrained")
+    tiles, ncols, nrows, labels, note = _layout(b, max_filters, max_channels)
+    aw, ah = _axes_size(tiles.shape, ncols, "tile_labels" in labels, ncols * _cell(nrows, 3 * ncols))
+    fig = Figure(figsize=(3 * (aw + 0.9), ah + 1.2), layout="constrained")
+    fig.get_layout_engine().set(wspace=0.06)
     vmax = float(max(np.abs(b).max(), np.abs(a).max())) or 1.0
     change = a - b
     dmax = float(np.abs(change).max()) or 1.0
@@ -248,12 +271,10 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
     """
     inp, sections, out = feature_maps(model, image)
     Figure = _matplotlib()[0]
-    ncols = max([min(max_maps, len(m)) for _, m in sections] + [1])
-    ncols = min(ncols, 8)
-    rows = [math.ceil(min(max_maps, len(m)) / ncols) for _, m in sections]
-    height = max(4.2, sum(r * 1.0 + 0.6 for r in rows))
-    fig = Figure(figsize=(3.2 + ncols * 1.0 + 0.9, height), layout="constrained")
-    left, right = fig.subfigures(1, 2, width_ratios=[3.2, ncols * 1.0 + 0.9])
+    ncols = min(8, max([min(max_maps, len(m)) for _, m in sections] + [1]))
+    heights = [_axes_size(m[:max_maps].shape, ncols, True, ncols * 0.95)[1] + 0.35 for _, m in sections]
+    fig = Figure(figsize=(3.0 + ncols * 0.95 + 0.9, max(4.6, sum(heights) + 0.5)), layout="constrained")
+    left, right = fig.subfigures(1, 2, width_ratios=[3.0, ncols * 0.95 + 0.9])
     a_in, a_out = left.subplots(2, 1, height_ratios=[3, 2])
     a_in.imshow(inp[0] if inp.shape[0] == 1 else np.moveaxis(inp[:3], 0, -1), cmap="gray", interpolation="nearest")
     a_in.set_title(f"input {inp.shape[1]}x{inp.shape[2]}")
@@ -271,7 +292,7 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
     else:
         a_out.set_axis_off()
     if sections:
-        axes = np.atleast_1d(right.subplots(len(sections), 1, height_ratios=rows))
+        axes = np.atleast_1d(right.subplots(len(sections), 1, height_ratios=heights))
         for ax, (label, maps) in zip(axes, sections):
             shown = maps[:max_maps]
             signed = shown.min() < 0

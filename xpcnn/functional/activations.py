@@ -37,13 +37,13 @@ def sigmoid_backward(dy, y):
 def relu_forward(x):
     check_float_array("relu", "x", x)
     xp = array_namespace(x)
-    y = xp.maximum(x, xp.zeros_like(x))
+    y = xp.maximum(x, 0.0)
     return y, y
 
 
 def relu_backward(dy, y):
     xp = array_namespace(dy)
-    return xp.where(y > 0, dy, xp.zeros_like(dy))
+    return dy * xp.astype(y > 0, dy.dtype)
 
 
 def tanh_forward(x):

@@ -4,35 +4,42 @@ Notation
 --------
 N        images in the batch
 C, F     input channels, filters (output channels)
-H, W     input height and width
-KH, KW   kernel height and width
+H, W     input height and width;  Hp, Wp  the same after zero padding
+KH, KW   kernel height and width;  KK = KH·KW
 SH, SW   strides
 DH, DW   dilations
 PT, PB   padding top / bottom;  PL, PR  padding left / right
-OH, OW   output height and width: OH = (H + PT + PB - DH*(KH-1) - 1) // SH + 1
+OH, OW   output height and width: OH = (H + PT + PB - DH*(KH-1) - 1) // SH + 1;  P = OH·OW
 
 Forward
 -------
     y[n, f, oh, ow] = b[f] + Σ_{c,i,j} k[f, c, i, j] · xp[n, c, oh·SH + i·DH, ow·SW + j·DW]
 
-where xp is x zero-padded. im2col gathers the window values into
-``cols[n, (c,i,j), (oh,ow)]`` with one strided slice per kernel offset (i, j) — a KH×KW loop,
-never a loop over images or pixels — and the whole layer is ONE matmul:
+where xp is x zero-padded. im2col gathers the window values into ``cols[n, (c,i,j), (oh,ow)]``
+with one strided slice per kernel offset (i, j) — a KH×KW loop, never a loop over images or
+pixels — and the whole layer is ONE (batched) matmul, the bias folded in as an extra row of ones:
 
-    Y = K · cols            K = k.reshape(F, C·KH·KW),  cols (C·KH·KW, N·OH·OW),  Y (F, N·OH·OW)
+    Y[n] = [K | b] · [cols[n]; 1]     K = k.reshape(F, C·KK),  cols (N, C·KK + 1, P),  Y (N, F, P)
 
-``cols`` is laid out with the contraction axis first, so the matmul needs no transposed copy, and
-the batch is folded into one big matrix product (one BLAS/cuBLAS call, not N small ones). Y is
-returned as an NCHW view (F, N, OH, OW) -> (N, F, OH, OW), without copying.
+Y is NCHW and contiguous as it comes out of the matmul: no transposed copy of the output, and
+the layers after it (activation, pooling) see a plain C-ordered array.
 
 Backward (chain rule, dy = ∂E/∂y)
 --------
-    ∂E/∂b[f]          = Σ_{n,oh,ow} dy[n, f, oh, ow]
-    ∂E/∂K             = dY · colsᵀ        (the sum over images and positions is inside the matmul)
-    ∂E/∂cols          = Kᵀ · dY
-    ∂E/∂x             = col2im(∂E/∂cols): every window value is added back to the pixel it came
-                        from (a pixel shared by several windows receives the sum), then the
-                        padding is cut off.
+    [∂E/∂K | ∂E/∂b]ᵀ  = Σ_n [cols[n]; 1] · dY[n]ᵀ   (bias gradient = Σ_{n,oh,ow} dy, for free)
+    ∂E/∂x             = ∂E/∂xp without its padding, where
+
+    ∂E/∂xp[n, c, h, w] = Σ_{f,i,j} k[f, c, i, j] · dy[n, f, oh, ow]  over h = oh·SH + i·DH,
+                                                                          w = ow·SW + j·DW
+
+i.e. col2im(Kᵀ · dY): every window value goes back to the pixel it came from, a pixel shared by
+several windows receiving the sum. That sum is computed on "flat" images: dy is spread onto the
+padded grid (dyg[n, f, oh·SH, ow·SW] = dy, zero elsewhere), one matmul gives
+G = Kᵀ · dyg (C·KK, N·Hp·Wp), and since the pixel hit by grid point q through offset (i, j) is
+q + i·DH·Wp + j·DW in the flattened (n, h, w) index, col2im is KK shifted additions of whole
+contiguous rows — no per-row work, which is what makes it fast for small images. (The grid has
+Hp·Wp points per image instead of P; col2im on (oh, ow) slices does fewer flops but KK·N·C·OH
+short row copies. See BENCHMARKS.md for the measurement.)
 
 This is where the classic tutorial goes wrong: its filter gradient is computed per image and
 then averaged and resized, instead of the sum over images and positions above.
@@ -87,31 +94,47 @@ def pad2d(x, pads):
     return out
 
 
-def im2col(xpad, kernel_hw, strides, dilation, out_hw):
-    """(N, C, Hp, Wp) -> cols (C·KH·KW, N·OH·OW): one strided slice per kernel offset (i, j)."""
+def im2col(xpad, kernel_hw, strides, dilation, out_hw, *, ones_row=False):
+    """(N, C, Hp, Wp) -> cols (N, C·KK [+ 1], P): one strided slice per kernel offset (i, j).
+
+    Row (c, i, j) is c·KK + i·KW + j, so offset (i, j) fills rows i·KW + j, + KK, + 2·KK, ...: one
+    basic slice with step KK. ``ones_row`` appends the row of ones that carries the bias.
+    """
     xp = array_namespace(xpad)
     n, c = xpad.shape[:2]
     (kh, kw), (dh, dw), (oh, ow) = kernel_hw, dilation, out_hw
-    cols = xp.empty((c, kh, kw, n, oh, ow), dtype=xpad.dtype, device=device_of(xpad))
-    xt = xp.permute_dims(xpad, (1, 0, 2, 3))  # a view: channels first, so each slice lands whole
+    kk = kh * kw
+    rows = c * kk
+    cols = xp.empty((n, rows + int(ones_row), oh, ow), dtype=xpad.dtype, device=device_of(xpad))
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j, ...] = xt[_window(i * dh, j * dw, strides, out_hw)]
-    return xp.reshape(cols, (c * kh * kw, n * oh * ow))
+            cols[:, i * kw + j : rows : kk, ...] = xpad[_window(i * dh, j * dw, strides, out_hw)]
+    if ones_row:
+        cols[:, rows, ...] = 1
+    return xp.reshape(cols, (n, rows + int(ones_row), oh * ow))
 
 
-def col2im(dcols, padded_shape, kernel_hw, strides, dilation, out_hw):
-    """Adjoint of :func:`im2col`: (C·KH·KW, N·OH·OW) -> (N, C, Hp, Wp), overlaps summed."""
-    xp = array_namespace(dcols)
-    n, c, hp, wp = padded_shape
-    (kh, kw), (oh, ow) = kernel_hw, out_hw
-    d6 = xp.reshape(dcols, (c, kh, kw, n, oh, ow))
-    dxt = xp.zeros((c, n, hp, wp), dtype=dcols.dtype, device=device_of(dcols))
+def col2im_flat(dy, kmat, padded_shape, kernel_hw, strides, dilation):
+    """∂E/∂xp (N, C, Hp, Wp) = col2im(Kᵀ·dY), summed on the flattened padded grid (see the top)."""
+    xp = array_namespace(dy, kmat)
+    dev = device_of(dy)
+    n, f, oh, ow = dy.shape
+    _, c, hp, wp = padded_shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, strides, dilation
+    kk = kh * kw
+    # dy spread onto the padded grid, channel-major so that G has one row per (c, i, j)
+    grid = xp.zeros((f, n, hp, wp), dtype=dy.dtype, device=dev)
+    grid[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw] = xp.permute_dims(dy, (1, 0, 2, 3))
+    m = n * hp * wp
+    g = xp.matmul(xp.matrix_transpose(kmat), xp.reshape(grid, (f, m)))  # (C·KK, N·Hp·Wp)
+    # One spare image at the end absorbs the largest shift, (KH-1)·DH·Wp + (KW-1)·DW < Hp·Wp.
+    acc = xp.zeros((c, (n + 1) * hp * wp), dtype=dy.dtype, device=dev)
     for i in range(kh):
         for j in range(kw):
-            win = _window(i * dilation[0], j * dilation[1], strides, out_hw)
-            dxt[win] = dxt[win] + d6[:, i, j, ...]
-    return xp.permute_dims(dxt, (1, 0, 2, 3))
+            shift = i * dh * wp + j * dw
+            acc[:, shift : shift + m] += g[i * kw + j :: kk, :]
+    acc = xp.reshape(acc, (c, n + 1, hp, wp))[:, :n, ...]
+    return xp.permute_dims(acc, (1, 0, 2, 3))
 
 
 def _window(i0, j0, strides, out_hw):
@@ -167,13 +190,13 @@ def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation
             f"{h + sum(pads[0])}x{w + sum(pads[1])}. Received x.shape={tuple(x.shape)}, padding={padding!r}."
         )
     xpad = pad2d(x, pads)
-    cols = im2col(xpad, (kh, kw), strides, dilation, (oh, ow))
+    has_bias = bias is not None
+    cols = im2col(xpad, (kh, kw), strides, dilation, (oh, ow), ones_row=has_bias)
     kmat = xp.reshape(kernel, (f, c * kh * kw))
-    y = xp.matmul(kmat, cols)  # (F, N·OH·OW): the one matmul
-    if bias is not None:
-        y = y + xp.reshape(bias, (f, 1))
-    y = xp.permute_dims(xp.reshape(y, (f, n, oh, ow)), (1, 0, 2, 3))  # NCHW as a view, no copy
-    cache = (cols, kernel, bias is not None, tuple(xpad.shape), pads, strides, dilation, (oh, ow))
+    if has_bias:
+        kmat = xp.concat([kmat, xp.reshape(bias, (f, 1))], axis=1)
+    y = xp.reshape(xp.matmul(kmat, cols), (n, f, oh, ow))  # the one (batched) matmul, NCHW
+    cache = (cols, kernel, has_bias, tuple(xpad.shape), pads, strides, dilation, (oh, ow))
     return y, cache
 
 
@@ -192,14 +215,17 @@ def conv2d_backward(dy, cache, *, need_dx=True):
     n = padded_shape[0]
     if tuple(dy.shape) != (n, f, oh, ow):
         raise ShapeError(f"conv2d backward: dy must have shape {(n, f, oh, ow)}. Received {tuple(dy.shape)}.")
-    dy2 = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (f, n * oh * ow))  # (F, N·OH·OW)
-    dkernel = xp.reshape(xp.matmul(dy2, xp.matrix_transpose(cols)), (f, c, kh, kw))
-    dbias = xp.sum(dy2, axis=1) if has_bias else None
+    dy3 = xp.reshape(dy, (n, f, oh * ow))
+    # (C·KK [+1], F): per-image products summed over the batch; this orientation (cols · dyᵀ)
+    # keeps the long P axis as the contraction of each product.
+    grads = xp.sum(xp.matmul(cols, xp.matrix_transpose(dy3)), axis=0)
+    rows = c * kh * kw
+    dkernel = xp.reshape(xp.matrix_transpose(grads[:rows, :]), (f, c, kh, kw))
+    dbias = grads[rows, :] if has_bias else None
     if not need_dx:
         return None, dkernel, dbias
-    kmat = xp.reshape(kernel, (f, c * kh * kw))
-    dcols = xp.matmul(xp.matrix_transpose(kmat), dy2)
-    dxpad = col2im(dcols, padded_shape, (kh, kw), strides, dilation, (oh, ow))
+    kmat = xp.reshape(kernel, (f, rows))
+    dxpad = col2im_flat(dy, kmat, padded_shape, (kh, kw), strides, dilation)
     (pt, pb), (pl, pr) = pads
     dx = dxpad[:, :, pt : padded_shape[2] - pb, pl : padded_shape[3] - pr]
     return dx, dkernel, dbias

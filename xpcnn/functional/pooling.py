@@ -65,28 +65,33 @@ def max_pool2d_forward(x, pool_size=2, strides=None):
     xp = array_namespace(x)
     (ph, pw), strides, out_hw = _geometry("max_pool2d", x, pool_size, strides)
     y = x[_window(0, 0, strides, out_hw)]
-    argmax = xp.zeros(y.shape, dtype=xp.int8 if ph * pw < 128 else xp.int32, device=device_of(x))
     for i in range(ph):
         for j in range(pw):
-            if i == j == 0:
-                continue
-            s = x[_window(i, j, strides, out_hw)]
-            better = s > y
-            y = xp.where(better, s, y)
-            argmax = xp.where(better, xp.asarray(i * pw + j, dtype=argmax.dtype, device=device_of(x)), argmax)
-    return y, (argmax, tuple(x.shape), (ph, pw), strides, out_hw)
+            if i or j:
+                y = xp.maximum(y, x[_window(i, j, strides, out_hw)])
+    return y, (x, y, (ph, pw), strides, out_hw)
 
 
 def max_pool2d_backward(dy, cache):
-    """∂E/∂x of :func:`max_pool2d_forward`: dy routed to each window's arg-max."""
+    """∂E/∂x of :func:`max_pool2d_forward`: dy routed to each window's first arg-max."""
     xp = array_namespace(dy)
-    argmax, x_shape, (ph, pw), strides, out_hw = cache
-    dx = xp.zeros(x_shape, dtype=dy.dtype, device=device_of(dy))
-    zero = xp.zeros_like(dy)
-    for i in range(ph):
-        for j in range(pw):
-            win = _window(i, j, strides, out_hw)
-            dx[win] = dx[win] + xp.where(argmax == i * pw + j, dy, zero)
+    x, y, (ph, pw), strides, out_hw = cache
+    h, w = x.shape[2:]
+    tiles = strides == (ph, pw) and out_hw[0] * ph == h and out_hw[1] * pw == w
+    dx = xp.empty_like(x) if tiles else xp.zeros_like(x)
+    rest = dy
+    last = ph * pw - 1
+    for k in range(ph * pw):
+        win = _window(k // pw, k % pw, strides, out_hw)
+        if k < last:
+            d = rest * xp.astype(x[win] == y, dy.dtype)
+            rest = rest - d
+        else:
+            d = rest
+        if tiles:
+            dx[win] = d
+        else:
+            dx[win] += d
     return dx
 
 
