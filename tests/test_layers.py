@@ -142,3 +142,15 @@ def test_configs_round_trip():
         layer = make()
         again = L.from_config(layer.get_config())
         assert again.get_config() == layer.get_config()
+
+
+def test_get_weights_returns_copies_that_training_does_not_change(case, rng):
+    import xpcnn
+
+    model = xpcnn.Sequential([L.Flatten(), L.Dense(2)], input_shape=(1, 2, 2), device=case.backend, dtype=case.dtype)
+    model.compile("sgd", loss="softmax_cross_entropy", learning_rate=0.5)
+    before = model.get_weights()
+    snapshot = [w.copy() for w in before]
+    model.fit(rng.random((8, 1, 2, 2)).astype(case.dtype), rng.integers(0, 2, 8), epochs=2, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, snapshot))
+    assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), snapshot))

@@ -185,7 +185,10 @@ def backend_of(x) -> Backend:
 
 
 def to_numpy(x) -> np.ndarray:
-    """Copy any supported array (NumPy, CuPy, array-api-strict) to a host NumPy array."""
+    """Any supported array (NumPy, CuPy, array-api-strict) as a host NumPy array.
+
+    A NumPy input comes back as itself (no copy); copy it if you keep it while training goes on.
+    """
     if isinstance(x, np.ndarray):
         return x
     if is_cupy_array(x):

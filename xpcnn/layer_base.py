@@ -66,7 +66,8 @@ class Layer:
 
     # -- weights and config --------------------------------------------------------------------
     def get_weights(self):
-        return [to_numpy(self.params[k]) for k in self.params]
+        """Host copies (as Keras): later training never changes what this returned."""
+        return [np.array(to_numpy(self.params[k]), copy=True) for k in self.params]
 
     def set_weights(self, weights):
         if len(weights) != len(self.params):

@@ -46,8 +46,23 @@ def _save(fig, path, dpi=130) -> Path:
 
 
 def _series(history, key):
-    values = history.get(key) or []
-    return [float("nan") if v is None else float(v) for v in values]
+    try:
+        return [float("nan") if v is None else float(v) for v in history.get(key) or []]
+    except (TypeError, ValueError):
+        raise InputError(f"history[{key!r}] must be a list of numbers, one per epoch. "
+                         f"Received {history[key]!r:.80}") from None
+
+
+def _positive(**kwargs):
+    for name, value in kwargs.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"The `{name}` argument must be a positive int. Received {name}={value!r}")
+
+
+def _scale(*arrays):
+    """Half-width of a symmetric colour scale covering the finite values of ``arrays`` (1 if none)."""
+    top = max(float(np.abs(a[np.isfinite(a)]).max(initial=0.0)) for a in arrays)
+    return top or 1.0
 
 
 def plot_history(history, path, *, title="Training history", val_label="validation") -> Path:
@@ -175,9 +190,10 @@ def plot_filters(kernel, path, title="", *, cmap="gray", max_filters=64, max_cha
     per input channel.
     """
     k = _kernel(kernel)
+    _positive(max_filters=max_filters, max_channels=max_channels)
     Figure = _matplotlib()[0]
     tiles, ncols, nrows, labels, note = _layout(k, max_filters, max_channels)
-    vmax = float(np.abs(k).max()) or 1.0
+    vmax = _scale(k)
     aw, ah = _axes_size(tiles.shape, ncols, "tile_labels" in labels, ncols * _cell(nrows, ncols))
     fig = Figure(figsize=(aw + 1.6, ah + 0.8), layout="constrained")
     ax = fig.subplots()
@@ -198,14 +214,14 @@ def plot_before_after_filters(before, after, path, title="", *, cmap="gray", max
     b, a = _kernel(before, "before"), _kernel(after, "after")
     if b.shape != a.shape:
         raise ShapeError(f"`before` and `after` must have the same shape. Received {b.shape} and {a.shape}.")
+    _positive(max_filters=max_filters, max_channels=max_channels)
     Figure = _matplotlib()[0]
     tiles, ncols, nrows, labels, note = _layout(b, max_filters, max_channels)
     aw, ah = _axes_size(tiles.shape, ncols, "tile_labels" in labels, ncols * _cell(nrows, 3 * ncols))
     fig = Figure(figsize=(3 * (aw + 0.9), ah + 1.2), layout="constrained")
     fig.get_layout_engine().set(wspace=0.06)
-    vmax = float(max(np.abs(b).max(), np.abs(a).max())) or 1.0
-    change = a - b
-    dmax = float(np.abs(change).max()) or 1.0
+    vmax, change = _scale(b, a), a - b
+    dmax = _scale(change)
     panels = (("before", b, vmax, cmap), ("after", a, vmax, cmap), ("change (after - before)", change, dmax, "RdBu_r"))
     for ax, (name, k, scale, cm) in zip(fig.subplots(1, 3), panels):
         tiles, ncols, _, labels, _ = _layout(k, max_filters, max_channels)
@@ -233,14 +249,16 @@ def feature_maps(model, image):
     A section per Conv2D layer; when an activation layer follows it, its output is shown instead
     (what the next layer sees). Everything is returned as host NumPy arrays.
     """
+    from .data import prepare_images
     from .layers import Activation, Conv2D
 
     x = np.asarray(to_numpy(image))
-    if x.ndim == 3:
-        x = x[None]
-    if model.built and (x.ndim != 4 or len(x) != 1 or tuple(x.shape[1:]) != tuple(model.input_shape)):
-        raise ShapeError(f"plot_feature_maps takes one image of shape (1, {', '.join(map(str, model.input_shape))}) "
-                         f"for model '{model.name}'. Received shape {x.shape}.")
+    x = x[None, None] if x.ndim == 2 else x[None] if x.ndim == 3 else x  # (H, W) or (C, H, W): one image
+    if x.ndim != 4 or len(x) != 1 or (model.built and tuple(x.shape[1:]) != tuple(model.input_shape)):
+        want = f"(1, {', '.join(map(str, model.input_shape))})" if model.built else "(1, C, H, W)"
+        raise ShapeError(f"plot_feature_maps takes one image of shape {want} for model '{model.name}'. "
+                         f"Received shape {np.shape(image)}.")
+    x = prepare_images(x, model.dtype)  # uint8 pixels -> [0, 1], as in training
     if not model.built:
         model.build(x.shape[1:])
     sections, after_conv = [], False
@@ -269,6 +287,7 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
     class_names : list of str, optional
         Names of the output classes (default: their indices).
     """
+    _positive(max_maps=max_maps)
     inp, sections, out = feature_maps(model, image)
     Figure = _matplotlib()[0]
     ncols = min(8, max([min(max_maps, len(m)) for _, m in sections] + [1]))
@@ -276,7 +295,7 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
     fig = Figure(figsize=(3.0 + ncols * 0.95 + 0.9, max(4.6, sum(heights) + 0.5)), layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[3.0, ncols * 0.95 + 0.9])
     a_in, a_out = left.subplots(2, 1, height_ratios=[3, 2])
-    a_in.imshow(inp[0] if inp.shape[0] == 1 else np.moveaxis(inp[:3], 0, -1), cmap="gray", interpolation="nearest")
+    a_in.imshow(np.moveaxis(inp, 0, -1) if inp.shape[0] == 3 else inp[0], cmap="gray", interpolation="nearest")
     a_in.set_title(f"input {inp.shape[1]}x{inp.shape[2]}")
     a_in.set_xticks([])
     a_in.set_yticks([])
@@ -295,11 +314,11 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
         axes = np.atleast_1d(right.subplots(len(sections), 1, height_ratios=heights))
         for ax, (label, maps) in zip(axes, sections):
             shown = maps[:max_maps]
-            signed = shown.min() < 0
-            top = float(np.abs(shown).max()) or 1.0
+            signed, top = bool((shown < 0).any()), _scale(shown)
             im = _mosaic(ax, shown, ncols, vmin=-top if signed else 0.0, vmax=top, cmap="RdBu_r" if signed else cmap,
                          tile_labels=[f"#{i}" for i in range(len(shown))])
-            right.colorbar(im, ax=ax, shrink=0.9)
+            # a colorbar as tall as this section's image, whatever height the row was given
+            right.colorbar(im, cax=ax.inset_axes([1.0 + 0.12 / ncols, 0.0, 0.18 / ncols, 1.0]))
             more = "" if len(maps) <= max_maps else f", first {max_maps} of {len(maps)}"
             ax.set_title(f"{label}: {len(maps)} maps {maps.shape[1]}x{maps.shape[2]}{more}", fontsize="medium")
     else:
