@@ -269,3 +269,17 @@ def test_subprocess_failure_has_no_traceback(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "x.npz" in proc.stderr
     assert np.char.count(proc.stderr.strip(), "\n") == 0  # one line
+
+
+def test_plots_are_written_and_are_real_pictures(capsys, tmp_path, tiny_data_dir):
+    from PIL import Image
+
+    code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--plots", tmp_path / "pics", "--epochs", 1), capsys)
+    assert code == 0 and "Pictures written" in out
+    for name in ("history.png", "filters_before.png", "filters_after.png", "feature_maps.png"):
+        with Image.open(tmp_path / "pics" / name) as img:
+            pixels = np.asarray(img.convert("L"), dtype=np.float64)
+        assert min(pixels.shape) > 100 and pixels.std() > 5, name
+    before = np.asarray(Image.open(tmp_path / "pics" / "filters_before.png").convert("L"), dtype=np.float64)
+    after = np.asarray(Image.open(tmp_path / "pics" / "filters_after.png").convert("L"), dtype=np.float64)
+    assert before.shape != after.shape or np.abs(before - after).mean() > 0.1  # training changed the filters

@@ -183,7 +183,7 @@ def _plot_filters(model, path, title):
 def _plots_after(model, folder, xt):
     from .plots import plot_feature_maps, plot_history
 
-    plot_history(model.history, folder / "history.png")
+    plot_history(model.history, folder / "history.png", val_label="test")
     _plot_filters(model, folder / "filters_after.png", "after training")
     plot_feature_maps(model, xt[:1], folder / "feature_maps.png")
     print(f"Pictures written to {folder}/ (history.png, filters_before.png, filters_after.png, feature_maps.png)")
