@@ -283,3 +283,8 @@ def test_plots_are_written_and_are_real_pictures(capsys, tmp_path, tiny_data_dir
     before = np.asarray(Image.open(tmp_path / "pics" / "filters_before.png").convert("L"), dtype=np.float64)
     after = np.asarray(Image.open(tmp_path / "pics" / "filters_after.png").convert("L"), dtype=np.float64)
     assert before.shape != after.shape or np.abs(before - after).mean() > 0.1  # training changed the filters
+
+
+def test_selftest_passes_on_this_machine(capsys):
+    code, out, _ = run(["selftest"], capsys)
+    assert code == 0 and "all gradients within bounds" in out and "(decreasing)" in out
