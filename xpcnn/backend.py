@@ -22,6 +22,8 @@ Examples
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -217,3 +219,101 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ in {"OutOfMemoryError", "CUDARuntimeError"} and "memory" in str(
         exc
     ).lower()
+
+
+# ---------------------------------------------------------------- multi-process GPU plumbing
+def is_gpu_array(x) -> bool:
+    """Whether ``x`` is a CuPy array."""
+    return is_cupy_array(x)
+
+
+def gpu_count() -> int:
+    return _cupy().cuda.runtime.getDeviceCount()
+
+
+def use_gpu(index: int) -> None:
+    """Make GPU ``index`` current for this process (before any allocation)."""
+    _cupy().cuda.Device(index).use()
+
+
+class GpuReducer:
+    """Allreduce of CuPy buffers for :mod:`xpcnn.distributed`: NCCL, else CUDA-aware MPI, else via
+    the host. ``comm`` is the distributed Communicator. UNTESTED on real GPUs (none was available)."""
+
+    def __init__(self, comm, data_device, *, wrong_gpu, cuda_aware_mpi):
+        cupy = _cupy()
+        self.wrong_gpu = wrong_gpu
+
+        self.c, self.cupy = comm, cupy
+        self.device = cupy.cuda.Device().id
+        self.nccl = self.nccl_comm = self.event = None
+        # Collective, before NCCL starts, so that every rank raises or falls back alike.
+        placed = comm.comm.allgather((comm.MPI.Get_processor_name(), self.device, data_device))
+        wrong = [r for r, (_, current, data) in enumerate(placed) if current != data]
+        if wrong:
+            raise self.wrong_gpu(wrong[0], placed[wrong[0]][2], placed[wrong[0]][1])
+        shared = len({(host, dev) for host, dev, _ in placed}) < len(placed)  # NCCL refuses two ranks on one GPU
+        try:
+            from cupy.cuda import nccl
+
+            ok = bool(nccl.available) and not shared
+        except Exception:  # ImportError, a missing libnccl
+            ok = False
+        if ok:
+            uid = nccl.get_unique_id() if comm.rank == 0 else None  # bytes (CuPy >= 14) or a tuple
+            uid = comm.comm.bcast(uid, root=0)
+            with cupy.cuda.Device(self.device):
+                self.nccl_comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
+            self.nccl = nccl
+            self.mode = "nccl"
+        elif cuda_aware_mpi(comm.MPI):
+            self.mode = "cuda-aware MPI"
+        else:
+            self.mode = "host"
+            why = ("several ranks share a GPU" if shared else
+                   "neither NCCL (cupy.cuda.nccl) nor a CUDA-aware MPI is available")
+            warnings.warn(f"xpcnn.distributed: {why}; gradients go through the host for the allreduce (slower).",
+                          RuntimeWarning, stacklevel=4)
+
+    def allreduce(self, flat):
+        if flat.device.id != self.device:
+            raise self.wrong_gpu(self.c.rank, flat.device.id, self.device)
+        stream = self.cupy.cuda.get_current_stream()
+        if self.mode == "nccl":
+            dtypes = {"float32": self.nccl.NCCL_FLOAT32, "float64": self.nccl.NCCL_FLOAT64,
+                      "float16": self.nccl.NCCL_FLOAT16}
+            # The previous step's allreduce must have finished: a watchdog lagging one step, so the
+            # host never waits on the step it just queued.
+            self._wait_event()
+            self.nccl_comm.allReduce(flat.data.ptr, flat.data.ptr, flat.size, dtypes[str(flat.dtype)],
+                                     self.nccl.NCCL_SUM, stream.ptr)
+            self.event = self.cupy.cuda.Event(disable_timing=True)
+            self.event.record(stream)
+            self.c.done += 1
+            return flat
+        if self.mode == "cuda-aware MPI":
+            stream.synchronize()  # MPI knows nothing of CuPy's stream
+            self.c._wait(self.c.comm.Iallreduce(self.c.MPI.IN_PLACE, flat, op=self.c.MPI.SUM), "the gradient allreduce")
+            return flat
+        host = self.c._host_sum(self.cupy.asnumpy(flat))
+        flat.set(host)
+        return flat
+
+    def _wait_event(self):
+        if self.event is None:
+            return
+        start, pause = time.monotonic(), 1e-5
+        while not self.event.done:
+            if time.monotonic() - start > self.c.timeout:
+                self.c.stop(f"no answer from the other ranks for {self.c.timeout:g} s (a rank probably died); "
+                            "stopping (waiting in the NCCL gradient allreduce)")
+            self.c._check_peers("the NCCL gradient allreduce")
+            time.sleep(pause)
+            pause = min(2 * pause, 1e-3)
+
+    def abort(self):
+        if self.nccl_comm is not None:
+            try:
+                self.nccl_comm.abort()
+            except Exception:  # already broken: nothing more to release
+                pass

@@ -97,17 +97,19 @@ def train(args):
     batch_size = args.batch_size or preset["batch_size"]
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
-    for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
-        if path:
-            _writable_parent(path, what)
-    backend = get_backend(args.device)
     comm = None
     if args.distributed:
         from .distributed import init
 
-        comm = init(backend)
+        # First, before checks that can fail on one host only: a rank that stops after init stops
+        # the others at once. On GPUs, init makes this rank's own GPU current before anything else.
+        comm = init(args.device)
         if comm.rank != 0:  # rank 0 alone prints, writes metrics, checkpoints and pictures
             args.quiet, args.metrics_out, args.plots = True, None, None
+    for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
+        if path:
+            _writable_parent(path, what)
+    backend = get_backend(args.device) if comm is None else comm.backend
     _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype,
                                 args.train_size or _default(preset["train_size"]), args.test_size or _default(preset["test_size"]),
                                 args.quiet)
@@ -120,7 +122,8 @@ def train(args):
             raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
         if args.learning_rate:
             model.optimizer.learning_rate = args.learning_rate
-        print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}.", flush=True)
+        if main_rank:
+            print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}.", flush=True)
     else:
         if args.resume:
             _echo(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", quiet=args.quiet)
@@ -128,6 +131,7 @@ def train(args):
         opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"])
         model.compile(opt, loss=preset["loss"])
     if comm is not None:
+        comm.check_same(model.epoch, "the epoch to start from (each rank reads --checkpoint itself)")
         model.comm = comm
         comm.broadcast_parameters([layer for layer in model.layers if layer.params])
     if not args.quiet:

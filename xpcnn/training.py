@@ -116,7 +116,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
         bar = tqdm(total=n, unit="img", desc=f"Epoch {epoch + 1}/{epochs}", disable=not verbose or steps == 1,
                    leave=True, dynamic_ncols=True)
         start = last = time.perf_counter()
-        seen = shown = 0
+        seen = seen_here = shown = 0
         for step, (xb, yb) in enumerate(device_batches(model, x, y, batch_size, order, device_data_bytes)):
             model.reseed_dropout(seed, epoch, step)
             nb = xb.shape[0]
@@ -128,6 +128,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
             losses[step] = loss * local
             hits[step] = acc * local
             seen += nb
+            seen_here += local
             now = time.perf_counter()
             # Distributed ranks must check at the same steps (the check is collective).
             due = (step % 16 == 15) if comm is not None else (now - last > 0.25)
@@ -135,7 +136,8 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
                 model.backend.synchronize()
                 _check_losses(losses, shown, step, epoch, finite_or_raise, comm)
                 shown = step + 1
-                bar.set_postfix(loss=f"{float(xp.sum(losses)) / seen:.4f}", acc=f"{float(xp.sum(hits)) / seen:.4f}",
+                here = max(seen_here, 1)  # this rank's share: its running loss and accuracy
+                bar.set_postfix(loss=f"{float(xp.sum(losses)) / here:.4f}", acc=f"{float(xp.sum(hits)) / here:.4f}",
                                 img_s=f"{seen / (now - start):,.0f}", refresh=False)
                 bar.update(seen - bar.n)
                 last = now

