@@ -63,6 +63,8 @@ def build_parser():
     t.add_argument("--batch-size", type=_positive_int, help="default: the preset's")
     t.add_argument("--learning-rate", type=_positive_float, help="default: the preset's")
     t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the preset's")
+    t.add_argument("--lr-decay", type=_positive_float, help="learning-rate factor per epoch (default: the preset's, "
+                   "1 = constant)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-size", type=_positive_int, help="use the first N training images")
     t.add_argument("--test-size", type=_positive_int, help="use the first N test images")

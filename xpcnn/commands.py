@@ -128,7 +128,8 @@ def train(args):
         if args.resume:
             _echo(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", quiet=args.quiet)
         model = fresh
-        opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"])
+        opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"],
+                             args.lr_decay or preset.get("lr_decay", 1.0))
         model.compile(opt, loss=preset["loss"])
     if comm is not None:
         comm.check_same(model.epoch, "the epoch to start from (each rank reads --checkpoint itself)")

@@ -7,13 +7,17 @@ Adam (Kingma & Ba, with bias correction folded into the step size, as Keras does
     m ← β₁·m + (1−β₁)·g ;  v ← β₂·v + (1−β₂)·g²
     p ← p − η·sqrt(1−β₂ᵗ)/(1−β₁ᵗ) · m / (sqrt(v) + ε)
 
+Learning-rate schedule: ``epoch_decay`` multiplies the rate once per epoch,
+η_e = η · decay^e (epoch e counted from 0), the usual step decay. ``fit`` sets the epoch, so a
+resumed run continues on the same schedule.
+
 Parameters are updated in place (the optimizer owns that step); kernels never mutate inputs.
 
 Examples
 --------
 >>> opt = SGD(learning_rate=0.1, momentum=0.9)
 >>> opt.get_config()
-{'class': 'SGD', 'learning_rate': 0.1, 'momentum': 0.9, 'nesterov': False}
+{'class': 'SGD', 'learning_rate': 0.1, 'momentum': 0.9, 'nesterov': False, 'epoch_decay': 1.0}
 """
 
 from __future__ import annotations
@@ -39,10 +43,17 @@ def _positive(name, value, *, allow_zero=False, upper=None):
 class Optimizer:
     """Base class. ``apply(layers)`` updates every layer's params from its grads."""
 
-    def __init__(self, learning_rate):
+    def __init__(self, learning_rate, epoch_decay=1.0):
         self.learning_rate = _positive("learning_rate", learning_rate)
+        self.epoch_decay = _positive("epoch_decay", epoch_decay)
+        self.epoch = 0
         self.iterations = 0
         self.slots = {}  # slot name -> {"<layer index>/<param name>": array on the device}
+
+    @property
+    def current_learning_rate(self):
+        """The rate used now: ``learning_rate · epoch_decay ** epoch``."""
+        return self.learning_rate * self.epoch_decay**self.epoch
 
     def _slot(self, name, key, like):
         table = self.slots.setdefault(name, {})
@@ -77,13 +88,13 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, epoch_decay=1.0):
+        super().__init__(learning_rate, epoch_decay)
         self.momentum = _positive("momentum", momentum, allow_zero=True, upper=1.0)
         self.nesterov = bool(nesterov)
 
     def _update(self, key, p, g):
-        lr = self.learning_rate
+        lr = self.current_learning_rate
         if self.momentum == 0.0:
             p -= lr * g
             return
@@ -96,19 +107,20 @@ class SGD(Optimizer):
             p += v
 
     def get_config(self):
-        return {"class": "SGD", "learning_rate": self.learning_rate, "momentum": self.momentum, "nesterov": self.nesterov}
+        return {"class": "SGD", "learning_rate": self.learning_rate, "momentum": self.momentum, "nesterov": self.nesterov,
+                "epoch_decay": self.epoch_decay}
 
 
 class Adam(Optimizer):
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, epoch_decay=1.0):
+        super().__init__(learning_rate, epoch_decay)
         self.beta_1 = _positive("beta_1", beta_1, allow_zero=True, upper=1.0)
         self.beta_2 = _positive("beta_2", beta_2, allow_zero=True, upper=1.0)
         self.epsilon = _positive("epsilon", epsilon)
 
     def apply(self, layers):
         t = self.iterations + 1
-        self._step = self.learning_rate * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
+        self._step = self.current_learning_rate * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
         super().apply(layers)
 
     def _update(self, key, p, g):
@@ -123,13 +135,13 @@ class Adam(Optimizer):
 
     def get_config(self):
         return {"class": "Adam", "learning_rate": self.learning_rate, "beta_1": self.beta_1, "beta_2": self.beta_2,
-                "epsilon": self.epsilon}
+                "epsilon": self.epsilon, "epoch_decay": self.epoch_decay}
 
 
 OPTIMIZERS = {"SGD": SGD, "Adam": Adam}
 
 
-def get(spec, learning_rate=None):
+def get(spec, learning_rate=None, epoch_decay=1.0):
     """An optimizer from an instance, a config dict, or a name: "sgd", "momentum" (SGD 0.9), "adam"."""
     if isinstance(spec, Optimizer):
         return spec
@@ -141,9 +153,9 @@ def get(spec, learning_rate=None):
         return cls(**cfg)
     name = str(spec).lower()
     if name == "sgd":
-        return SGD(0.01 if learning_rate is None else learning_rate)
+        return SGD(0.01 if learning_rate is None else learning_rate, epoch_decay=epoch_decay)
     if name == "momentum":
-        return SGD(0.01 if learning_rate is None else learning_rate, momentum=0.9)
+        return SGD(0.01 if learning_rate is None else learning_rate, momentum=0.9, epoch_decay=epoch_decay)
     if name == "adam":
-        return Adam(0.001 if learning_rate is None else learning_rate)
+        return Adam(0.001 if learning_rate is None else learning_rate, epoch_decay=epoch_decay)
     raise InputError(f"Unknown optimizer {spec!r}. Expected one of 'sgd', 'momentum', 'adam'.")

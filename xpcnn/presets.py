@@ -75,9 +75,10 @@ PRESETS = {
         ],
         "loss": "softmax_cross_entropy",
         "optimizer": "adam",
-        "learning_rate": 1e-3,
-        "epochs": 8,
-        "batch_size": 64,
+        "learning_rate": 4e-3,
+        "lr_decay": 0.4,  # x0.4 per epoch: 99.0% on MNIST in 4 epochs (BENCHMARKS.md, P4)
+        "epochs": 5,
+        "batch_size": 128,
         "train_size": None,  # all
         "test_size": None,
     },

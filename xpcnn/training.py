@@ -110,6 +110,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     run_bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="Training", disable=not verbose or steps > 1,
                    dynamic_ncols=True)
     for epoch in range(initial_epoch, epochs):
+        model.optimizer.epoch = epoch  # the learning-rate schedule follows the epoch, also on resume
         order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
         losses = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
         hits = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
