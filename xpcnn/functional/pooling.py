@@ -16,8 +16,15 @@ Max pooling
     y[n, c, oh, ow] = max_{i,j} x[n, c, oh·SH + i, ow·SW + j]
     ∂E/∂x[n, c, oh·SH + i, ow·SW + j] += dy[n, c, oh, ow]   for the (first) arg-max (i, j) only
 
-The forward keeps the arg-max offset k = i·PW + j per output (ties go to the first, as PyTorch
-does); the backward adds dy where the stored offset equals k.
+The forward is a chain of ``maximum`` over the PH·PW offset slices; it keeps x and y. The
+backward routes dy to the FIRST offset k = i·PW + j (row-major, as PyTorch) whose slice equals y,
+without a data-dependent ``where`` (NumPy's is slow) and without an arg-max array:
+
+    r₀ = dy;   d_k = r_k · [x_k == y],   r_{k+1} = r_k − d_k;   d_last = r_last
+
+so a tie sends everything to its first position and the rest receive exactly 0 (a valid
+subgradient). When the windows tile x exactly (strides = pool size, H = OH·PH, W = OW·PW) each
+d_k is written into its slice of an uninitialised ∂E/∂x; otherwise they are added into zeros.
 
 Average pooling
 ---------------
@@ -73,11 +80,19 @@ def max_pool2d_forward(x, pool_size=2, strides=None):
 
 
 def max_pool2d_backward(dy, cache):
-    """∂E/∂x of :func:`max_pool2d_forward`: dy routed to each window's first arg-max."""
+    """∂E/∂x of :func:`max_pool2d_forward`: dy routed to each window's first arg-max.
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> y, cache = max_pool2d_forward(xp.ones((1, 1, 2, 2)))
+    >>> max_pool2d_backward(xp.ones_like(y), cache)[0, 0]
+    array([[1., 0.],
+           [0., 0.]])
+    """
     xp = array_namespace(dy)
     x, y, (ph, pw), strides, out_hw = cache
-    h, w = x.shape[2:]
-    tiles = strides == (ph, pw) and out_hw[0] * ph == h and out_hw[1] * pw == w
+    tiles = _tiles(tuple(x.shape), (ph, pw), strides, out_hw)
     dx = xp.empty_like(x) if tiles else xp.zeros_like(x)
     rest = dy
     last = ph * pw - 1
@@ -110,10 +125,20 @@ def avg_pool2d_backward(dy, cache):
     """∂E/∂x of :func:`avg_pool2d_forward`: dy / (PH·PW) spread over each window."""
     xp = array_namespace(dy)
     x_shape, (ph, pw), strides, out_hw = cache
-    dx = xp.zeros(x_shape, dtype=dy.dtype, device=device_of(dy))
+    tiles = _tiles(x_shape, (ph, pw), strides, out_hw)
+    dx = xp.empty(x_shape, dtype=dy.dtype, device=device_of(dy)) if tiles else \
+        xp.zeros(x_shape, dtype=dy.dtype, device=device_of(dy))
     share = dy / (ph * pw)
     for i in range(ph):
         for j in range(pw):
             win = _window(i, j, strides, out_hw)
-            dx[win] = dx[win] + share
+            if tiles:
+                dx[win] = share
+            else:
+                dx[win] += share
     return dx
+
+
+def _tiles(x_shape, pool, strides, out_hw):
+    """Whether the windows cover x exactly once (then ∂E/∂x needs no zero-fill and no sums)."""
+    return strides == pool and out_hw[0] * pool[0] == x_shape[2] and out_hw[1] * pool[1] == x_shape[3]
