@@ -16,6 +16,7 @@ Run ``python scripts/torch_peers.py --threads 2`` for a table of LeNet images/s 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import time
 from pathlib import Path
@@ -137,7 +138,7 @@ def time_torch_lenet(batch_size, steps, threads, *, warmup=3, lr=0.01, momentum=
 
 
 def keras_lenet_available():
-    """Return ``(available, reason)`` for a Keras LeNet peer. Keras is never installed here.
+    """Return ``(available, reason)`` for a Keras 3 LeNet peer on the PyTorch backend.
 
     Examples
     --------
@@ -145,6 +146,7 @@ def keras_lenet_available():
     >>> isinstance(ok, bool) and isinstance(reason, str)
     True
     """
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # not TensorFlow/JAX: PyTorch is what is installed
     try:
         import keras
     except Exception as exc:  # ImportError, or a broken backend raising on import

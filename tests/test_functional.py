@@ -237,3 +237,17 @@ def test_mixed_namespaces_are_a_type_error(case):
 def test_same_padding_rule():
     assert resolve_padding("same", (28, 28), (5, 5), (1, 1), (1, 1)) == ((2, 2), (2, 2))
     assert resolve_padding("same", (7, 7), (2, 2), (2, 2), (1, 1)) == ((0, 1), (0, 1))
+
+
+@pytest.mark.parametrize(
+    "window, strides, expected",
+    [
+        ([[1.0, 2.0], [2.0, 0.0]], None, [[0.0, 1.0], [0.0, 0.0]]),  # partial tie: the first max wins
+        ([[3.0, 3.0, 3.0], [0.0, 0.0, 0.0]], 1, [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),  # overlapping windows
+    ],
+)
+def test_max_pool_tie_routing(case, window, strides, expected):
+    x = case.asarray(np.array(window)[None, None])
+    y, cache = F.max_pool2d_forward(x, 2, strides)
+    dx = case.check(F.max_pool2d_backward(case.xp.ones_like(y), cache), x.shape)
+    np.testing.assert_array_equal(dx[0, 0], np.array(expected))

@@ -180,4 +180,4 @@ def test_lenet_learns_real_mnist(mnist_dir):
     acc = model.evaluate(xt, yt)["accuracy"]
     print(f"LeNet on 2,000 MNIST images: test accuracy {acc:.4f} in {seconds:.1f} s")
     assert acc >= 0.95
-    assert seconds < 90  # ~15 s on an idle 2-core machine; generous for shared CI hosts
+    assert seconds < 180  # ~13 s on an idle 2-core machine; only catches pathological slowness
