@@ -91,6 +91,14 @@ class Backend:
 
             cupy.cuda.get_current_stream().synchronize()
 
+    def memory_stats(self) -> dict:
+        """GPU: bytes in use and bytes held by CuPy's memory pool. The pool keeps what it once held
+        (until ``free_all_blocks``), so ``pool_bytes`` after a job is its high-water mark. CPU: {}."""
+        if self.name != "gpu":
+            return {}
+        pool = _cupy().get_default_memory_pool()
+        return {"used_bytes": int(pool.used_bytes()), "pool_bytes": int(pool.total_bytes())}
+
     def __str__(self) -> str:  # what users see in summaries and logs
         if self.name == "gpu":
             return f"gpu:{self.device.id} ({gpu_name(self.device.id)})"

@@ -484,8 +484,12 @@ def worker_p5(a):
             i = (s * bs) % (len(y) - bs)
             model.train_step(xd[i : i + bs, ...], yd[i : i + bs])
         be.synchronize()
+        pool = be.memory_stats().get("pool_bytes")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"peak_mb": peak, "after_data_mb": base}
+    out = {"peak_mb": peak, "after_data_mb": base}
+    if framework != "torch" and pool is not None:
+        out["gpu_pool_mb"] = pool / 2**20
+    return out
 
 
 def _vm_rss_mb():
@@ -527,6 +531,7 @@ def _run_worker(kind, params, threads):
 def run_p5(params, repeats, threads):
     peaks = {"xpcnn": [], "torch": []}
     base = {"xpcnn": [], "torch": []}
+    pools = []
     rows = []
     for r in range(repeats):
         for fw in (("xpcnn", "torch") if r % 2 == 0 else ("torch", "xpcnn")):
@@ -541,6 +546,8 @@ def run_p5(params, repeats, threads):
             if peaks[fw] is not None:
                 peaks[fw].append(out["peak_mb"])
                 base[fw].append(out["after_data_mb"])
+            if "gpu_pool_mb" in out:
+                pools.append(out["gpu_pool_mb"])
     ratio = ""
     if peaks["torch"]:
         ratio = f"{statistics.median(peaks['xpcnn']) / statistics.median(peaks['torch']):.2f}x torch (target <= 0.5x)"
@@ -554,9 +561,8 @@ def run_p5(params, repeats, threads):
         if row.get("after_data_mb"):
             row["ratio"] = (row["ratio"] + "; " if row["ratio"] else "") + \
                 f"after imports + float32 MNIST train set {row['after_data_mb']:.0f} MB"
-    if params["device"] == "gpu":
-        rows.append(_note("P5", "GPU memory pool high-water mark",
-                          "not measured: xpcnn.backend.Backend has no memory_stats() yet"))
+    if params["device"] == "gpu" and pools:
+        rows.append(_row("P5", "xpcnn GPU memory pool high-water mark", pools, "MB", "CuPy pool bytes held after the job"))
     return rows
 
 
