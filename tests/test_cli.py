@@ -288,3 +288,14 @@ def test_plots_are_written_and_are_real_pictures(capsys, tmp_path, tiny_data_dir
 def test_selftest_passes_on_this_machine(capsys):
     code, out, _ = run(["selftest"], capsys)
     assert code == 0 and "all gradients within bounds" in out and "(decreasing)" in out
+
+
+def test_out_of_memory_is_a_clear_message(capsys, tmp_path, tiny_data_dir, monkeypatch):
+    import xpcnn.model
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError("Unable to allocate 12.0 GiB")
+
+    monkeypatch.setattr(xpcnn.model.Sequential, "train_step", no_memory)
+    code, _, err = run(train_args(tiny_data_dir, tmp_path), capsys)
+    assert code == 1 and "out of memory" in err and "smaller --batch-size (now 64)" in err

@@ -256,7 +256,7 @@ def _damaged_files(draw):
     return bytes(data[: draw(st.integers(1, len(data)))])
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=_damaged_files())
 def test_fuzz_damaged_files_raise_only_data_error(data, tmp_path):
     path = tmp_path / "fuzz.png"
