@@ -299,3 +299,19 @@ def test_out_of_memory_is_a_clear_message(capsys, tmp_path, tiny_data_dir, monke
     monkeypatch.setattr(xpcnn.model.Sequential, "train_step", no_memory)
     code, _, err = run(train_args(tiny_data_dir, tmp_path), capsys)
     assert code == 1 and "out of memory" in err and "smaller --batch-size (now 64)" in err
+
+
+def test_resume_keeps_the_saved_batch_size_and_data_sizes(capsys, tmp_path, tiny_data_dir):
+    from xpcnn.checkpoint import load_checkpoint
+
+    base = ["train", "--preset", "lenet", "--data-dir", tiny_data_dir, "--quiet", "--test-size", 100]
+    straight, resumed = tmp_path / "straight.npz", tmp_path / "resumed.npz"
+    assert run([*base, "--batch-size", 32, "--train-size", 300, "--epochs", 2, "--checkpoint", straight], capsys)[0] == 0
+    assert run([*base, "--batch-size", 32, "--train-size", 300, "--epochs", 1, "--checkpoint", resumed], capsys)[0] == 0
+    code, out, _ = run(["train", "--preset", "lenet", "--data-dir", tiny_data_dir, "--quiet", "--epochs", 2,
+                        "--checkpoint", resumed, "--resume"], capsys)
+    assert code == 0 and "after epoch 1" in out
+    (h1, a1), (h2, a2) = load_checkpoint(straight), load_checkpoint(resumed)
+    assert h2["extra"]["batch_size"] == 32 and h2["extra"]["train_size"] == 300
+    for name in a1:
+        np.testing.assert_array_equal(a1[name], a2[name], err_msg=name)

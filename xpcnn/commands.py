@@ -92,11 +92,16 @@ class MetricsFile:
 # ------------------------------------------------------------------------------------- train
 def train(args):
     preset = get_preset(args.preset)
-    dataset = args.dataset or preset["dataset"]
-    epochs = args.epochs or preset["epochs"]
-    batch_size = args.batch_size or preset["batch_size"]
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
+    # A resumed run keeps the data and batching it was started with unless told otherwise,
+    # so that it continues exactly where the interrupted run would have gone.
+    saved = _saved_options(args.checkpoint) if args.resume else {}
+    dataset = args.dataset or saved.get("dataset") or preset["dataset"]
+    epochs = args.epochs or preset["epochs"]
+    batch_size = args.batch_size or saved.get("batch_size") or preset["batch_size"]
+    train_size = args.train_size or saved.get("train_size") or _default(preset["train_size"])
+    test_size = args.test_size or saved.get("test_size") or _default(preset["test_size"])
     comm = None
     if args.distributed:
         from .distributed import init
@@ -110,9 +115,7 @@ def train(args):
         if path:
             _writable_parent(path, what)
     backend = get_backend(args.device) if comm is None else comm.backend
-    _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype,
-                                args.train_size or _default(preset["train_size"]), args.test_size or _default(preset["test_size"]),
-                                args.quiet)
+    _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype, train_size, test_size, args.quiet)
 
     fresh = build_model(preset, device=backend, dtype=args.dtype, seed=args.seed)
     main_rank = comm is None or comm.rank == 0
@@ -122,6 +125,8 @@ def train(args):
             raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
         if args.learning_rate:
             model.optimizer.learning_rate = args.learning_rate
+        if args.lr_decay:
+            model.optimizer.epoch_decay = args.lr_decay
         if main_rank:
             print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}.", flush=True)
     else:
@@ -174,6 +179,18 @@ def train(args):
     print(f"xpcnn train: preset {args.preset}, {model.epoch} epochs on {model.backend}: train accuracy "
           f"{train_acc:.4f}, test accuracy {acc:.4f}, {total:.1f} s; {where}", flush=True)
     return 0
+
+
+def _saved_options(checkpoint):
+    """The options a checkpoint was trained with (its header's ``extra``), or {} if unreadable."""
+    from .checkpoint import previous_path, read_header
+
+    for path in (Path(checkpoint), previous_path(checkpoint)):
+        try:
+            return read_header(path).get("extra", {}) if path.exists() else {}
+        except InputError:
+            continue
+    return {}
 
 
 def _plot_filters(model, path, title):
