@@ -311,7 +311,7 @@ def test_resume_keeps_the_saved_batch_size_and_data_sizes(capsys, tmp_path, tiny
     code, out, _ = run(["train", "--preset", "lenet", "--data-dir", tiny_data_dir, "--quiet", "--epochs", 2,
                         "--checkpoint", resumed, "--resume"], capsys)
     assert code == 0 and "after epoch 1" in out
-    (h1, a1), (h2, a2) = load_checkpoint(straight), load_checkpoint(resumed)
+    (_, a1), (h2, a2) = load_checkpoint(straight), load_checkpoint(resumed)
     assert h2["extra"]["batch_size"] == 32 and h2["extra"]["train_size"] == 300
     for name in a1:
         np.testing.assert_array_equal(a1[name], a2[name], err_msg=name)

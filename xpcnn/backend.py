@@ -143,6 +143,17 @@ def gpu_problem() -> str | None:
     return None
 
 
+def cupy_versions() -> str:
+    """One line: CuPy's and the CUDA runtime's versions, or why CuPy is not available."""
+    try:
+        import cupy
+
+        return f"CuPy {cupy.__version__}; CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
+    except Exception as exc:  # ImportError, or a CUDA library problem
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return f"CuPy: not available ({type(exc).__name__}: {first})"
+
+
 def gpu_name(index: int = 0) -> str:
     cupy = _cupy()
     props = cupy.cuda.runtime.getDeviceProperties(index)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, optimizers
-from .backend import get_backend, gpu_name, gpu_problem
+from .backend import cupy_versions, get_backend, gpu_name, gpu_problem
 from .data import load_dataset, prepare_images
 from .errors import InputError
 from .io import load_model
@@ -325,12 +325,7 @@ def info(args):
     print(f"xpcnn {__version__}")
     print(f"Python {platform.python_version()} ({sys.executable})")
     print(f"NumPy {np.__version__}; array-api-compat {array_api_compat.__version__}")
-    try:
-        import cupy
-
-        print(f"CuPy {cupy.__version__}; CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}")
-    except Exception as exc:  # ImportError, or a CUDA library problem
-        print(f"CuPy: not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    print(cupy_versions())
     problem = gpu_problem()
     print("Devices: cpu" + (f", gpu:0 ({gpu_name(0)})" if problem is None else ""))
     if problem:
