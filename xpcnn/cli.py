@@ -134,6 +134,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("xpcnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xpcnn info | head`: the reader left; nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as exc:  # one clear line, never a traceback (unless XPCNN_DEBUG)
         if os.environ.get("XPCNN_DEBUG"):
             raise
