@@ -228,9 +228,13 @@ def predict(args):
     from .images import load_images
 
     model = load_model(args.checkpoint, device=args.device)
-    x = load_images(args.images, tuple(model.input_shape), dtype=model.dtype)
+    extra = model.checkpoint_header.get("extra", {})
+    # Digits are cropped and centred by their centre of mass, as MNIST was made; Fashion-MNIST
+    # pictures fill their frame, so they are only resized.
+    centre = extra.get("dataset", "mnist") == "mnist"
+    x = load_images(args.images, tuple(model.input_shape), dtype=model.dtype, center=centre)
     out = model.predict(x).astype(np.float64)  # host array: the rest is presentation
-    task = model.checkpoint_header.get("extra", {}).get("task", "classes")
+    task = extra.get("task", "classes")
     for path, row in zip(args.images, out):
         if task == "greater_than_4":
             p = float(row[0])
