@@ -181,3 +181,31 @@ def test_lenet_learns_real_mnist(mnist_dir):
     print(f"LeNet on 2,000 MNIST images: test accuracy {acc:.4f} in {seconds:.1f} s")
     assert acc >= 0.95
     assert seconds < 180  # ~13 s on an idle 2-core machine; only catches pathological slowness
+
+
+def test_a_training_step_never_reads_back_to_the_host(monkeypatch, rng):
+    """No silent device->host transfer (or sync) inside a step: every way an array-api-strict array
+    can reach the host raises while the step runs, on the simulated second device."""
+    import array_api_strict as xps
+
+    from xpcnn.backend import Backend
+
+    be = Backend("strict", xps, xps.Device("device1"))
+    model = xpcnn.Sequential([L.Conv2D(3, 3, padding="same", activation="relu"), L.MaxPool2D(), L.Flatten(),
+                              L.Dense(5, activation="tanh"), L.Dense(3)], input_shape=(1, 8, 8), device=be)
+    model.compile("adam", loss="softmax_cross_entropy")
+    xb = be.asarray(rng.random((4, 1, 8, 8)), "float32")
+    yb = be.asarray(np.array([0, 1, 2, 1]), "int64")
+    model.train_step(xb, yb)  # creates the optimizer's slots
+
+    def forbidden(name):
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"a training step moved data to the host (Array.{name})")
+        return read
+
+    array_type = type(xb)
+    for name in ("__float__", "__int__", "__bool__", "__index__", "__dlpack__", "__array__", "__complex__"):
+        monkeypatch.setattr(array_type, name, forbidden(name))
+    loss, acc = model.train_step(xb, yb)
+    monkeypatch.undo()
+    assert np.isfinite(float(loss)) and 0.0 <= float(acc) <= 1.0
