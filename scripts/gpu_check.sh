@@ -8,6 +8,15 @@
 # a short `xpcnn train --preset lenet --device gpu`, and the GPU part of the benchmarks.
 # Real MNIST comes from XPCNN_DATA_DIR (default: .data/mnist in the repository, git-ignored,
 # or ../shared/data/mnist). Python packages missing on that machine can come as wheels in .whl/.
+#
+# Preparing a run with the device tool (the GPU machine has CuPy, NumPy, pytest, tqdm, PyTorch but
+# not array-api-compat/-extra/-strict, hypothesis, Pillow, matplotlib, mpi4py): here, in the repo,
+#   mkdir -p .data && cp -r ../shared/data/mnist .data/          # .data/ is git-ignored
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl array-api-compat array-api-extra array-api-strict hypothesis sortedcontainers attrs \
+#       pillow matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six
+# then run it with carry [".whl", ".data"] and: bash scripts/gpu_check.sh "$OUT"
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$out"
