@@ -209,3 +209,16 @@ def test_a_training_step_never_reads_back_to_the_host(monkeypatch, rng):
     loss, acc = model.train_step(xb, yb)
     monkeypatch.undo()
     assert np.isfinite(float(loss)) and 0.0 <= float(acc) <= 1.0
+
+
+def test_fit_moves_the_data_to_the_device_once(case, rng, monkeypatch):
+    """The training and validation sets cross to the device once per fit, not once per epoch."""
+    import xpcnn.training
+
+    x, y = toy_data(rng)
+    model = small_net(case).compile("sgd", loss="softmax_cross_entropy")
+    calls = []
+    real_stage = xpcnn.training.stage
+    monkeypatch.setattr(xpcnn.training, "stage", lambda *a, **k: calls.append(1) or real_stage(*a, **k))
+    model.fit(x, y, batch_size=16, epochs=3, validation_data=(x[:8], y[:8]), verbose=0)
+    assert len(calls) == 2 and len(model.history["val_loss"]) == 3

@@ -210,10 +210,10 @@ class Sequential:
 
     def predict(self, x, batch_size=256):
         """Model outputs for host array ``x``, as a host NumPy array."""
-        from .training import check_inputs, device_batches
+        from .training import check_inputs, device_batches, stage
 
-        x = check_inputs(self, x, None)[0]
-        outs = [to_numpy(self.forward(xb, training=False)) for xb, _ in device_batches(self, x, None, batch_size)]
+        data = stage(self, check_inputs(self, x, None)[0], None)
+        outs = [to_numpy(self.forward(xb, training=False)) for xb, _ in device_batches(self, data, batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, *self.output_shape), self.dtype)
 
     def reseed_dropout(self, seed, epoch, step):

@@ -12,6 +12,7 @@ and at the end of the epoch. That read is also where a NaN/inf loss is caught, n
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -62,27 +63,43 @@ def check_inputs(model, x, y):
     return x, y
 
 
-def device_batches(model, x, y, batch_size, order=None, device_data_bytes=2**31):
-    """Yield device batches. The whole set moves at once when it fits, else batch by batch."""
+class Staged(NamedTuple):
+    """A dataset ready for :func:`device_batches`: on the device when it fits, else on the host."""
+
+    x: object
+    y: object
+    on_device: bool
+
+
+def stage(model, x, y, device_data_bytes=2**31):
+    """Move host ``x``, ``y`` to the model's device once (the whole set when it fits)."""
     be = model.backend
-    n = x.shape[0]
-    if order is None:
-        order = np.arange(n)
-    whole = x.nbytes + (0 if y is None else y.nbytes) <= device_data_bytes
-    if whole:
-        xd = be.asarray(x)
-        yd = None if y is None else be.asarray(y)
-        idx_d = be.asarray(order.astype(np.int64)) if not np.array_equal(order, np.arange(n)) else None
+    if x.nbytes + (0 if y is None else y.nbytes) <= device_data_bytes:
+        return Staged(be.asarray(x), None if y is None else be.asarray(y), True)
+    return Staged(x, y, False)
+
+
+def device_batches(model, data: Staged, batch_size, order=None):
+    """Yield device batches of ``data`` in ``order`` (an index array; None: as stored)."""
+    be = model.backend
+    n = data.x.shape[0]
+    if order is not None and np.array_equal(order, np.arange(n)):
+        order = None
+    if data.on_device and order is not None:
+        order = be.asarray(order.astype(np.int64))  # one small transfer an epoch
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        if not whole:
+        if order is None:
+            xb, yb = data.x[start:stop, ...], None if data.y is None else data.y[start:stop, ...]
+        elif data.on_device:
             sel = order[start:stop]
-            yield be.asarray(x[sel]), None if y is None else be.asarray(y[sel])
-        elif idx_d is None:
-            yield xd[start:stop, ...], None if yd is None else yd[start:stop, ...]
+            xb, yb = be.xp.take(data.x, sel, axis=0), None if data.y is None else be.xp.take(data.y, sel, axis=0)
         else:
-            sel = idx_d[start:stop]
-            yield be.xp.take(xd, sel, axis=0), None if yd is None else be.xp.take(yd, sel, axis=0)
+            sel = order[start:stop]
+            xb, yb = data.x[sel], None if data.y is None else data.y[sel]
+        if not data.on_device:
+            xb, yb = be.asarray(xb), None if yb is None else be.asarray(yb)
+        yield xb, yb
 
 
 def _check_batch_args(batch_size, epochs):
@@ -98,9 +115,11 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     _check_batch_args(batch_size, epochs)
     model._loss_fns()
     x, y = check_inputs(model, x, y)
+    val_data = None
     if validation_data is not None:
-        vx, vy = check_inputs(model, *validation_data)
+        val_data = _eval_data(model, *check_inputs(model, *validation_data))
     n = x.shape[0]
+    train_data = stage(model, x, y, device_data_bytes)  # once for all epochs
     steps = -(-n // batch_size)
     xp = model.backend.xp
     comm = model.comm  # data-parallel: every rank takes its shard of each global batch
@@ -118,7 +137,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
                    leave=True, dynamic_ncols=True)
         start = last = time.perf_counter()
         seen = seen_here = shown = 0
-        for step, (xb, yb) in enumerate(device_batches(model, x, y, batch_size, order, device_data_bytes)):
+        for step, (xb, yb) in enumerate(device_batches(model, train_data, batch_size, order)):
             model.reseed_dropout(seed, epoch, step)
             nb = xb.shape[0]
             if comm is not None:
@@ -146,8 +165,8 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
         seconds = time.perf_counter() - start
         total_loss, total_hits = _sum_over_ranks(comm, [float(xp.sum(losses)), float(xp.sum(hits))])
         logs = {"loss": total_loss / n, "accuracy": total_hits / n, "seconds": seconds, "images_per_second": n / seconds}
-        if validation_data is not None:
-            val = run_evaluate(model, vx, vy, batch_size=max(batch_size, 256), checked=True)
+        if val_data is not None:
+            val = _evaluate(model, val_data, batch_size=max(batch_size, 256))
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs['accuracy']:.4f}", val_acc=f"{val['accuracy']:.4f}",
                             img_s=f"{logs['images_per_second']:,.0f}", refresh=False)
@@ -179,19 +198,29 @@ def _check_losses(losses, first, last, epoch, finite_or_raise, comm=None):
         finite_or_raise(float(part[bad[0]]), epoch, first + int(bad[0]))
 
 
-def run_evaluate(model, x, y, *, batch_size=256, verbose=0, checked=False):
-    fwd, _, threshold = model._loss_fns()
-    if not checked:
-        x, y = check_inputs(model, x, y)
-    from . import functional as F
+def run_evaluate(model, x, y, *, batch_size=256, verbose=0):
+    model._loss_fns()
+    return _evaluate(model, _eval_data(model, *check_inputs(model, x, y)), batch_size=batch_size, verbose=verbose)
 
-    total_loss = total_hits = 0.0
+
+def _eval_data(model, x, y):
+    """(this rank's shard of x, y, staged on the device; the global count)."""
     n = x.shape[0]
-    if model.comm is not None:  # sharded evaluation, reduced below
+    if model.comm is not None:  # sharded evaluation, reduced in _evaluate
         lo, hi = model.comm.shard(n)
         x, y = x[lo:hi], y[lo:hi]
-    batches = device_batches(model, x, y, batch_size)
-    for xb, yb in tqdm(batches, total=-(-n // batch_size), disable=not verbose, desc="Evaluate", unit="batch"):
+    return stage(model, x, y), n
+
+
+def _evaluate(model, eval_data, *, batch_size, verbose=0):
+    from . import functional as F
+
+    fwd, _, threshold = model._loss_fns()
+    data, n = eval_data
+    total_loss = total_hits = 0.0
+    batches = device_batches(model, data, batch_size)
+    steps = -(-data.x.shape[0] // batch_size)
+    for xb, yb in tqdm(batches, total=steps, disable=not verbose, desc="Evaluate", unit="batch"):
         out = model.forward(xb, training=False)
         loss, _ = fwd(out, yb)
         acc = F.accuracy(out, yb, threshold=0.5 if threshold is None else threshold)
