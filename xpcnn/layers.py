@@ -71,6 +71,19 @@ class _Weighted(Layer):
         if self.use_bias:
             self.params["bias"] = self._init(self.bias_initializer, (units,), rng)
 
+    def forward(self, x, training=True):
+        self._check_input(x)
+        z, op_cache = self._op_forward(x)
+        y, act_cache = self._activate(z)
+        self._cache = (op_cache, act_cache)
+        return y
+
+    def backward(self, dy):
+        op_cache, act_cache = self._cache
+        dx, dk, db = self._op_backward(self._deactivate(dy, act_cache), op_cache, need_dx=self.need_input_grad)
+        self._store_grads(dk, db)
+        return dx
+
     def _activate(self, z):
         if self.activation is None:
             return z, None
@@ -130,19 +143,11 @@ class Conv2D(_Weighted):
     def _shape_ok(self, shape):
         return shape[0] == self.input_shape[0]  # any image size, the channel count must match
 
-    def forward(self, x, training=True):
-        self._check_input(x)
-        z, conv_cache = F.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), strides=self.strides,
-                                         padding=self.padding, dilation=self.dilation_rate)
-        y, act_cache = self._activate(z)
-        self._cache = (conv_cache, act_cache)
-        return y
+    def _op_forward(self, x):
+        return F.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), strides=self.strides,
+                                padding=self.padding, dilation=self.dilation_rate)
 
-    def backward(self, dy):
-        conv_cache, act_cache = self._cache
-        dx, dk, db = F.conv2d_backward(self._deactivate(dy, act_cache), conv_cache, need_dx=self.need_input_grad)
-        self._store_grads(dk, db)
-        return dx
+    _op_backward = staticmethod(F.conv2d_backward)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
@@ -168,18 +173,10 @@ class Dense(_Weighted):
     def output_shape(self, input_shape):
         return (self.units,)
 
-    def forward(self, x, training=True):
-        self._check_input(x)
-        z, dense_cache = F.dense_forward(x, self.params["kernel"], self.params.get("bias"))
-        y, act_cache = self._activate(z)
-        self._cache = (dense_cache, act_cache)
-        return y
+    def _op_forward(self, x):
+        return F.dense_forward(x, self.params["kernel"], self.params.get("bias"))
 
-    def backward(self, dy):
-        dense_cache, act_cache = self._cache
-        dx, dk, db = F.dense_backward(self._deactivate(dy, act_cache), dense_cache, need_dx=self.need_input_grad)
-        self._store_grads(dk, db)
-        return dx
+    _op_backward = staticmethod(F.dense_backward)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
