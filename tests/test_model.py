@@ -222,3 +222,29 @@ def test_fit_moves_the_data_to_the_device_once(case, rng, monkeypatch):
     monkeypatch.setattr(xpcnn.training, "stage", lambda *a, **k: calls.append(1) or real_stage(*a, **k))
     model.fit(x, y, batch_size=16, epochs=3, validation_data=(x[:8], y[:8]), verbose=0)
     assert len(calls) == 2 and len(model.history["val_loss"]) == 3
+
+
+def test_uint8_images_train_exactly_as_prepared_floats_and_stay_uint8_on_the_device(case, rng, monkeypatch):
+    """uint8 pixels cross to the device as uint8 (a quarter of the bytes) and each batch becomes
+    pixels/255 there: weights, history, evaluate and predict are bit-identical to feeding
+    ``prepare_images(x)`` (the same division, on the host)."""
+    import xpcnn.training
+    from xpcnn.data import prepare_images
+
+    pixels = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    y = (pixels[:, :4].mean(axis=(1, 2)) > 127).astype(np.int64) + (pixels[:, 4:].mean(axis=(1, 2)) > 127)
+    staged = []
+    real_stage = xpcnn.training.stage
+    monkeypatch.setattr(xpcnn.training, "stage", lambda *a, **k: staged.append(real_stage(*a, **k)) or staged[-1])
+
+    def run(x):
+        model = small_net(case, seed=5).compile("adam", loss="softmax_cross_entropy", learning_rate=0.01)
+        hist = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x[:8], y[:8]), verbose=0)
+        return model.get_weights(), hist, model.evaluate(x, y), model.predict(x[:7])
+
+    w8, h8, e8, p8 = run(pixels)
+    assert {str(s.x.dtype).split(".")[-1] for s in staged} == {"uint8"} and all(s.pixels and s.on_device for s in staged)
+    wf, hf, ef, pf = run(prepare_images(pixels, case.dtype))
+    assert all(np.array_equal(a, b) for a, b in zip(w8, wf))
+    assert {k: hf[k] for k in ("loss", "val_loss")} == {k: h8[k] for k in ("loss", "val_loss")}
+    assert e8 == ef and np.array_equal(p8, pf)

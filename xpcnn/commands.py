@@ -53,9 +53,14 @@ def _data(dataset_name, data_dir, task, dtype, train_size, test_size, quiet):
     ds = load_dataset(dataset_name, data_dir, progress=not quiet)
     n = _subset(train_size, len(ds.x_train), "--train-size")
     m = _subset(test_size, len(ds.x_test), "--test-size")
-    x, y = prepare_images(ds.x_train[:n], dtype), targets(ds.y_train[:n], task)
-    xt, yt = prepare_images(ds.x_test[:m], dtype), targets(ds.y_test[:m], task)
+    x, y = _pixels(ds.x_train[:n], dtype), targets(ds.y_train[:n], task)
+    xt, yt = _pixels(ds.x_test[:m], dtype), targets(ds.y_test[:m], task)
     return ds, (x, y), (xt, yt)
+
+
+def _pixels(images, dtype):
+    """uint8 images stay uint8 (the model scales each batch on the device); others via prepare_images."""
+    return images if images.dtype == np.uint8 else prepare_images(images, dtype)
 
 
 def _echo(*parts, quiet=False):

@@ -19,10 +19,16 @@ from tqdm.auto import tqdm
 
 from .backend import to_numpy
 from .errors import InputError, ShapeError
+from .hostmem import keep_freed_host_memory
 
 
 def check_inputs(model, x, y):
-    """Host arrays in the model's dtype, with every problem named before any device work."""
+    """Host arrays ready for :func:`stage`, with every problem named before any device work.
+
+    ``x`` comes back in the model's dtype, except uint8 images: they stay uint8 (a quarter of the
+    bytes on the host and the device) and :func:`device_batches` turns each batch into pixels in
+    [0, 1] on the device, the same arithmetic as :func:`xpcnn.data.prepare_images`.
+    """
     if not isinstance(x, np.ndarray):
         raise InputError(f"x must be a NumPy array on the host. Received {type(x).__module__}.{type(x).__name__}.")
     if x.dtype.kind not in "fiub":
@@ -37,7 +43,7 @@ def check_inputs(model, x, y):
             f"Model '{model.name}' expects inputs of shape (N, {', '.join(map(str, want))}). "
             f"Received x.shape={tuple(x.shape)}."
         )
-    x = np.ascontiguousarray(x, dtype=model.dtype)
+    x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else model.dtype)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise InputError(f"x contains {bad} NaN or infinite values. Expected finite numbers.")
@@ -64,19 +70,24 @@ def check_inputs(model, x, y):
 
 
 class Staged(NamedTuple):
-    """A dataset ready for :func:`device_batches`: on the device when it fits, else on the host."""
+    """A dataset ready for :func:`device_batches`: on the device when it fits, else on the host.
+
+    ``pixels``: ``x`` holds uint8 pixels, turned into floats batch by batch.
+    """
 
     x: object
     y: object
     on_device: bool
+    pixels: bool = False
 
 
 def stage(model, x, y, device_data_bytes=2**31):
     """Move host ``x``, ``y`` to the model's device once (the whole set when it fits)."""
     be = model.backend
+    pixels = x.dtype == np.uint8
     if x.nbytes + (0 if y is None else y.nbytes) <= device_data_bytes:
-        return Staged(be.asarray(x), None if y is None else be.asarray(y), True)
-    return Staged(x, y, False)
+        return Staged(be.asarray(x), None if y is None else be.asarray(y), True, pixels)
+    return Staged(x, y, False, pixels)
 
 
 def device_batches(model, data: Staged, batch_size, order=None):
@@ -99,6 +110,8 @@ def device_batches(model, data: Staged, batch_size, order=None):
             xb, yb = data.x[sel], None if data.y is None else data.y[sel]
         if not data.on_device:
             xb, yb = be.asarray(xb), None if yb is None else be.asarray(yb)
+        if data.pixels:
+            xb = be.xp.astype(xb, be.dtype(model.dtype)) / 255
         yield xb, yb
 
 
@@ -114,6 +127,8 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
 
     _check_batch_args(batch_size, epochs)
     model._loss_fns()
+    if model.backend.name == "cpu":
+        keep_freed_host_memory()  # ~1.7x images/s on NumPy: steps stop faulting their temporaries in
     x, y = check_inputs(model, x, y)
     val_data = None
     if validation_data is not None:
