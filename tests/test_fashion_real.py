@@ -72,3 +72,25 @@ def test_a_small_cnn_learns_real_fashion_mnist():
     acc = model.evaluate(ds.x_test[:1000], ds.y_test[:1000])["accuracy"]
     print(f"small CNN on 3,000 Fashion-MNIST images: test accuracy {acc:.4f} in {time.perf_counter() - start:.1f} s")
     assert acc >= 0.78
+
+
+def test_train_and_predict_name_fashion_classes(tmp_path, capsys):
+    """The command end to end on real Fashion-MNIST: predict names the class ('Trouser')."""
+    from PIL import Image
+
+    from xpcnn.cli import main
+
+    ckpt = tmp_path / "fashion.npz"
+    assert main(["train", "--preset", "lenet", "--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR),
+                 "--train-size", "4000", "--test-size", "500", "--epochs", "2", "--checkpoint", str(ckpt),
+                 "--quiet"]) == 0
+    ds = load_dataset("fashion-mnist", FASHION_DIR, download=False, progress=False)
+    trousers = np.flatnonzero(ds.y_test == 1)[:3]
+    paths = []
+    for i in trousers:
+        paths.append(str(tmp_path / f"test{i}.png"))
+        Image.fromarray(ds.x_test[i]).save(paths[-1])
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(ckpt), *paths]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("class 1 'Trouser'" in line for line in lines), lines

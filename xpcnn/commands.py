@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__, optimizers
 from .backend import cupy_versions, get_backend, gpu_name, gpu_problem
-from .data import load_dataset, prepare_images
+from .data import CLASS_NAMES, load_dataset, prepare_images
 from .errors import InputError
 from .io import load_model
 from .presets import build_model, get_preset, targets
@@ -172,7 +172,7 @@ def train(args):
                   verbose=0 if args.quiet else 1, callbacks=[after_epoch])
     total = time.perf_counter() - start
     if plots is not None:
-        _plots_after(model, plots, xt)
+        _plots_after(model, plots, xt, CLASS_NAMES[dataset] if preset["task"] == "classes" else None)
     h = model.history
     acc = h.get("val_accuracy", [float("nan")])[-1] if h else float("nan")
     train_acc = h.get("accuracy", [float("nan")])[-1] if h else float("nan")
@@ -207,12 +207,12 @@ def _plot_filters(model, path, title):
         plot_filters(conv.get_weights()[0], path, title=f"{conv.name} filters {title}")
 
 
-def _plots_after(model, folder, xt):
+def _plots_after(model, folder, xt, class_names):
     from .plots import plot_feature_maps, plot_history
 
     plot_history(model.history, folder / "history.png", val_label="test")
     _plot_filters(model, folder / "filters_after.png", "after training")
-    plot_feature_maps(model, xt[:1], folder / "feature_maps.png")
+    plot_feature_maps(model, xt[:1], folder / "feature_maps.png", class_names=class_names)
     print(f"Pictures written to {folder}/ (history.png, filters_before.png, filters_after.png, feature_maps.png)")
 
 
@@ -236,7 +236,9 @@ def predict(args):
     extra = model.checkpoint_header.get("extra", {})
     # Digits are cropped and centred by their centre of mass, as MNIST was made; Fashion-MNIST
     # pictures fill their frame, so they are only resized.
-    centre = extra.get("dataset", "mnist") == "mnist"
+    dataset = extra.get("dataset", "mnist")
+    names = CLASS_NAMES.get(dataset, ())
+    centre = dataset == "mnist"
     x = load_images(args.images, tuple(model.input_shape), dtype=model.dtype, center=centre)
     out = model.predict(x).astype(np.float64)  # host array: the rest is presentation
     task = extra.get("task", "classes")
@@ -250,7 +252,8 @@ def predict(args):
             row /= row.sum()
         top = int(np.argmax(row))
         listing = " ".join(f"{k}:{v:.3f}" for k, v in enumerate(row))
-        print(f"{path}: class {top} (p = {row[top]:.3f})  [{listing}]")
+        name = "" if dataset == "mnist" or len(names) != len(row) else f" {names[top]!r}"
+        print(f"{path}: class {top}{name} (p = {row[top]:.3f})  [{listing}]")
     return 0
 
 

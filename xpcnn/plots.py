@@ -304,7 +304,8 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
         names = class_names or [str(i) for i in range(p.size)]
         best = int(p.argmax())
         a_out.bar(range(p.size), p, color=["tab:orange" if i == best else "tab:blue" for i in range(p.size)])
-        a_out.set_xticks(range(p.size), names, fontsize=8)
+        long = max(len(n) for n in names) > 2
+        a_out.set_xticks(range(p.size), names, fontsize=8, rotation=40 if long else 0, ha="right" if long else "center")
         a_out.set_ylim(0, 1)
         a_out.set_ylabel("probability")
         a_out.set_title(f"prediction: {names[best]} ({100 * p[best]:.1f}%)", fontsize="medium")
