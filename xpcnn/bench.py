@@ -14,7 +14,8 @@ P4  wall time for the ``lenet`` preset to reach 99.0% MNIST test accuracy;
 P5  peak resident memory of a P2-like job (whole MNIST train set loaded as uint8 pixels, 50 steps
     at batch 128 on float32 batches made from it), xpcnn vs PyTorch, each in its own process.
 
-Every comparison is measured side by side in one run: warm-up first, then A B A B ... blocks,
+Every worker process (xpcnn and PyTorch alike) runs with the glibc malloc thresholds that
+``Sequential.fit`` sets (:mod:`xpcnn.hostmem`). Every comparison is measured side by side in one run: warm-up first, then A B A B ... blocks,
 median and min–max reported. Each workload runs in a child process so that the BLAS/OpenMP thread
 count is set before NumPy or PyTorch start (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS,
 ``torch.set_num_threads``) and memory peaks never mix.
@@ -41,6 +42,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .hostmem import MMAP_THRESHOLD, TRIM_THRESHOLD, keep_freed_host_memory
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -575,7 +578,8 @@ def machine_info():
 
     info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "platform": platform.platform(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "worker_malloc": f"glibc mmap threshold {MMAP_THRESHOLD}, trim threshold {TRIM_THRESHOLD} (xpcnn.hostmem)"}
     try:
         fields = dict(ln.split(":", 1) for ln in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
                       if ":" in ln)
@@ -661,6 +665,9 @@ def main(argv=None):
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     if args.worker:  # child process: one measurement, one JSON line on stdout
+        # Every worker, xpcnn's and PyTorch's alike, runs with the malloc policy Sequential.fit
+        # sets (freed memory kept for reuse, xpcnn.hostmem): same allocator for both sides.
+        keep_freed_host_memory()
         result = WORKERS[args.worker](json.loads(args.params))
         if result is not None:
             print(json.dumps(result))
