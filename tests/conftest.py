@@ -14,8 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from xpcnn.backend import Backend, gpu_problem, to_numpy
+
+# Fuzz tests: the default profile replays the same examples every run (a CI result never depends
+# on luck); HYPOTHESIS_PROFILE=explore draws new random inputs on every run, to find new bugs.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @dataclass(frozen=True)

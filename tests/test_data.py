@@ -441,3 +441,19 @@ def test_prepare_images():
         prepare_images(np.array([[[-1, 255]]]))
     with pytest.raises(InputError, match="float32"):
         prepare_images(x, "int8")
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("method", 99, "compression method 99"), ("flags", 0x1, "encrypted")])
+def test_npz_entries_zipfile_cannot_open_are_data_errors(tmp_path, rng, field, value, expected):
+    """Found by fuzzing: an unknown compression method made zipfile raise NotImplementedError and
+    an 'encrypted' flag RuntimeError; both must be one DataError naming the entry."""
+    path = tmp_path / "mnist.npz"
+    write_npz(path, rng)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"PK\x01\x02")  # the central directory's first entry (x_train.npy)
+    offset = {"flags": 8, "method": 10}[field]  # central directory header: flags at +8, method at +10
+    raw[at + offset : at + offset + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=expected):
+        load_npz_dataset(path)

@@ -57,18 +57,15 @@ import json
 import math
 import os
 import stat
-import struct
-import tokenize
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import ARCHIVE_READ_ERRORS, CheckpointError
 
 FORMAT = "xpcnn-checkpoint"
 FORMAT_VERSION = 1
@@ -79,12 +76,6 @@ MAX_HEADER_BYTES = 2**26
 _NUMERIC_KINDS = "biufc"
 _PICKLE = ("it contains pickled Python objects, which xpcnn refuses to load because unpickling "
            "can run arbitrary code")
-# What a damaged or hostile archive can make zipfile, zlib and numpy.lib.format raise.
-# NumPy parses a .npy header with ast.literal_eval, so a damaged one can also raise SyntaxError
-# or tokenize.TokenError (found by fuzzing).
-_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError,
-                MemoryError, RuntimeError, SyntaxError, tokenize.TokenError, struct.error,
-                zipfile.BadZipFile, zlib.error)
 
 
 def previous_path(path) -> Path:
@@ -306,7 +297,7 @@ def _read(path, *, with_arrays):
         raise CheckpointError(f"{where}: no such file") from e
     except OSError as e:
         raise CheckpointError(f"{where}: {_reason(e)}") from e
-    except _READ_ERRORS as e:
+    except ARCHIVE_READ_ERRORS as e:
         raise CheckpointError(
             f"{where}: the file is truncated or damaged ({type(e).__name__}: {e})") from e
     digest = _digest(arrays)

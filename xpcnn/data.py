@@ -34,7 +34,6 @@ import io
 import math
 import os
 import tempfile
-import tokenize
 import urllib.request
 import zipfile
 import zlib
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import DataError, InputError
+from .errors import ARCHIVE_READ_ERRORS, DataError, InputError
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFAULT_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
@@ -202,8 +201,7 @@ def load_npz_dataset(path, *, name=None) -> Dataset:
         with zipfile.ZipFile(path) as zf:
             for key in IDX_FILES:
                 arrays[key] = _read_npz_member(zf, key, path)
-    except (OSError, EOFError, ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError,
-            zipfile.BadZipFile, zlib.error) as exc:  # NumPy parses .npy headers with ast: SyntaxError too
+    except ARCHIVE_READ_ERRORS as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"Could not read {path} as an .npz archive: {type(exc).__name__}: {exc}. "
@@ -219,6 +217,10 @@ def _read_npz_member(zf, key, path):
         found = sorted(n.removesuffix(".npy") for n in zf.namelist())
         raise DataError(f"{path} has no array {key!r}; found keys {found}, expected "
                         f"{list(IDX_FILES)}.") from None
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+        raise DataError(f"{path}[{key}] is stored with zip compression method {info.compress_type}"
+                        f"{' and encrypted' if info.flag_bits & 0x1 else ''}; expected a plain stored or "
+                        "deflated entry, as NumPy writes them.")
     with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
         readers = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -232,8 +234,7 @@ def _read_npz_member(zf, key, path):
                         "can load; refusing. Expected an integer array.")
     limit = info.file_size if info.compress_type == zipfile.ZIP_STORED else min(
         info.file_size, info.compress_size * _DEFLATE_RATIO + 1024)
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or (
-            math.prod(shape) * dtype.itemsize > limit):
+    if math.prod(shape) * dtype.itemsize > limit:
         raise DataError(f"{path}[{key}] header claims shape {shape} of {dtype}, more than its "
                         f"{info.compress_size}-byte zip entry can hold.")
     with zf.open(info) as f:

@@ -7,6 +7,11 @@ working and the command line can map them all to exit code 2 with one clear mess
 
 from __future__ import annotations
 
+import struct
+import tokenize
+import zipfile
+import zlib
+
 
 class XpcnnError(Exception):
     """Base class of every error raised on purpose by xpcnn."""
@@ -30,3 +35,12 @@ class CheckpointError(InputError):
 
 class DeviceError(XpcnnError, RuntimeError):
     """The requested device cannot be used (CuPy missing, no CUDA device, out of memory)."""
+
+
+# What a damaged or hostile .npz/zip archive can make zipfile, zlib and numpy.lib.format raise
+# (found by fuzzing): NumPy parses a .npy header with ast.literal_eval (SyntaxError,
+# tokenize.TokenError, RecursionError); zipfile raises NotImplementedError (a RuntimeError) for an
+# unknown compression method and RuntimeError for an entry flagged as encrypted.
+ARCHIVE_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError,
+                       RuntimeError, RecursionError, SyntaxError, tokenize.TokenError, struct.error,
+                       zipfile.BadZipFile, zlib.error)
