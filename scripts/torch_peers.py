@@ -16,8 +16,8 @@ Run ``python scripts/torch_peers.py --threads 2`` for a table of LeNet images/s 
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import time
 from pathlib import Path
 

@@ -262,8 +262,8 @@ def main(argv=None):
     print(f"tutorial loop baseline, {args.images} images, one full-batch iteration "
           "(patches + forward + backward + update)")
     print(f"{'iteration':>9} {'seconds':>9} {'loss':>12}")
-    for k, (t, l) in enumerate(zip(times, losses)):
-        print(f"{k:>9} {t:>9.3f} {l:>12.6f}")
+    for k, (t, loss) in enumerate(zip(times, losses)):
+        print(f"{k:>9} {t:>9.3f} {loss:>12.6f}")
     print(f"median s/iteration: {result['seconds_per_iteration_median']:.3f}  "
           f"(of which patch extraction ~{patch_s:.3f} s)")
     if args.json:

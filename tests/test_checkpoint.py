@@ -14,8 +14,8 @@ from datetime import datetime
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from mutations import mutate
 from hypothesis import strategies as st
+from mutations import mutate
 
 import xpcnn
 from xpcnn.checkpoint import (

@@ -306,8 +306,9 @@ def test_resume_keeps_the_saved_batch_size_and_data_sizes(capsys, tmp_path, tiny
 
     base = ["train", "--preset", "lenet", "--data-dir", tiny_data_dir, "--quiet", "--test-size", 100]
     straight, resumed = tmp_path / "straight.npz", tmp_path / "resumed.npz"
-    assert run([*base, "--batch-size", 32, "--train-size", 300, "--epochs", 2, "--checkpoint", straight], capsys)[0] == 0
-    assert run([*base, "--batch-size", 32, "--train-size", 300, "--epochs", 1, "--checkpoint", resumed], capsys)[0] == 0
+    first = [*base, "--batch-size", 32, "--train-size", 300]
+    assert run([*first, "--epochs", 2, "--checkpoint", straight], capsys)[0] == 0
+    assert run([*first, "--epochs", 1, "--checkpoint", resumed], capsys)[0] == 0
     code, out, _ = run(["train", "--preset", "lenet", "--data-dir", tiny_data_dir, "--quiet", "--epochs", 2,
                         "--checkpoint", resumed, "--resume"], capsys)
     assert code == 0 and "after epoch 1" in out

@@ -48,7 +48,8 @@ def test_conv2d_forward_matches_naive_loops(case, rng, xshape, kshape, strides, 
     x = rng.standard_normal(xshape)
     k = rng.standard_normal((kshape[0], xshape[1], kshape[1], kshape[2]))
     b = rng.standard_normal(kshape[0])
-    y, _ = F.conv2d_forward(case.asarray(x), case.asarray(k), case.asarray(b), strides=strides, padding=padding, dilation=dilation)
+    y, _ = F.conv2d_forward(case.asarray(x), case.asarray(k), case.asarray(b), strides=strides, padding=padding,
+                            dilation=dilation)
     pads = _expected_pads(padding, xshape[2:], kshape[1:], _pair(strides), _pair(dilation))
     want = naive_conv2d(x, k, b, _pair(strides), pads, _pair(dilation))
     got = case.check(y, want.shape)
@@ -87,7 +88,8 @@ def test_conv2d_does_not_mutate_inputs(case, rng):
     np.testing.assert_array_equal(case.check(k, k0.shape), k0.astype(case.dtype))
 
 
-POOL_CASES = [((2, 3, 6, 6), 2, None), ((1, 2, 7, 5), (3, 2), (2, 1)), ((2, 1, 5, 5), 3, 1), ((1, 2, 4, 6), (1, 3), None)]
+POOL_CASES = [((2, 3, 6, 6), 2, None), ((1, 2, 7, 5), (3, 2), (2, 1)), ((2, 1, 5, 5), 3, 1),
+              ((1, 2, 4, 6), (1, 3), None)]
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
@@ -99,7 +101,8 @@ def test_pooling_forward_and_backward(case, rng, kind, shape, pool, strides):
     }[kind]
     x = rng.standard_normal(shape)
     y, _ = fwd(case.asarray(x), pool, strides)
-    want = naive_pool(x, _pair(pool), _pair(strides if strides is not None else pool), np.max if kind == "max" else np.mean)
+    reduce = np.max if kind == "max" else np.mean
+    want = naive_pool(x, _pair(pool), _pair(strides if strides is not None else pool), reduce)
     np.testing.assert_allclose(case.check(y, want.shape), want, rtol=case.rtol(), atol=case.rtol())
     check_gradients(case, lambda v: fwd(v, pool, strides), bwd, [x], rng)
 
@@ -150,7 +153,8 @@ def test_flatten_and_dropout(case, rng):
     mask = (rng.random((2, 12)) > 0.5).astype(np.float64)
     y, _ = F.dropout_forward(case.asarray(x.reshape(2, 12)), case.asarray(mask), 0.5)
     np.testing.assert_allclose(case.check(y, (2, 12)), x.reshape(2, 12) * mask * 2, rtol=case.rtol())
-    check_gradients(case, lambda v: F.dropout_forward(v, case.backend.asarray(mask, "float64"), 0.5), F.dropout_backward, [x.reshape(2, 12)], rng)
+    check_gradients(case, lambda v: F.dropout_forward(v, case.backend.asarray(mask, "float64"), 0.5),
+                    F.dropout_backward, [x.reshape(2, 12)], rng)
 
 
 def _naive_loss(name, o, t):
@@ -204,16 +208,20 @@ def test_labels_out_of_range_are_refused(case):
         fwd(case.asarray(np.zeros((2, 2))), case.backend.asarray(np.array([0, 5]), "int64"), check_range=True)
 
 
+def _ones(c, *shape):
+    return c.asarray(np.ones(shape))
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda c: F.conv2d_forward(c.asarray(np.ones((2, 3, 5))), c.asarray(np.ones((1, 3, 3, 3)))), "rank 4"),
-        (lambda c: F.conv2d_forward(c.asarray(np.ones((1, 2, 5, 5))), c.asarray(np.ones((1, 3, 3, 3)))), "3 input channels but x has 2"),
-        (lambda c: F.conv2d_forward(c.asarray(np.ones((1, 1, 2, 2))), c.asarray(np.ones((1, 1, 3, 3)))), "larger than the padded input"),
-        (lambda c: F.conv2d_forward(c.asarray(np.ones((1, 1, 5, 5))), c.asarray(np.ones((1, 1, 3, 3))), strides=0), "strides"),
-        (lambda c: F.conv2d_forward(c.asarray(np.ones((1, 1, 5, 5))), c.asarray(np.ones((1, 1, 3, 3))), padding="full"), "padding"),
-        (lambda c: F.max_pool2d_forward(c.asarray(np.ones((1, 1, 2, 2))), 3), "larger than the input"),
-        (lambda c: F.dense_forward(c.asarray(np.ones((2, 3))), c.asarray(np.ones((4, 2)))), "expects 4 input features but x has 3"),
+        (lambda c: F.conv2d_forward(_ones(c, 2, 3, 5), _ones(c, 1, 3, 3, 3)), "rank 4"),
+        (lambda c: F.conv2d_forward(_ones(c, 1, 2, 5, 5), _ones(c, 1, 3, 3, 3)), "3 input channels but x has 2"),
+        (lambda c: F.conv2d_forward(_ones(c, 1, 1, 2, 2), _ones(c, 1, 1, 3, 3)), "larger than the padded input"),
+        (lambda c: F.conv2d_forward(_ones(c, 1, 1, 5, 5), _ones(c, 1, 1, 3, 3), strides=0), "strides"),
+        (lambda c: F.conv2d_forward(_ones(c, 1, 1, 5, 5), _ones(c, 1, 1, 3, 3), padding="full"), "padding"),
+        (lambda c: F.max_pool2d_forward(_ones(c, 1, 1, 2, 2), 3), "larger than the input"),
+        (lambda c: F.dense_forward(_ones(c, 2, 3), _ones(c, 4, 2)), "expects 4 input features but x has 3"),
     ],
 )
 def test_bad_shapes_give_clear_value_errors(case, call, match):

@@ -54,7 +54,7 @@ def test_mnist_png_round_trip_is_nearly_identical(digits, tmp_path):
     for i, img in enumerate(digits):
         x = load_image(save_mnist_png(img, tmp_path / f"{i}.png"))
         assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32
-        assert 0.0 <= x.min() and x.max() <= 1.0
+        assert x.min() >= 0.0 and x.max() <= 1.0
         corrs.append(_corr(x[0, 0], img))
         # unshifted too: MNIST digits are already centred, so nothing moves by more than a pixel
         assert np.corrcoef(x[0, 0].ravel(), img.ravel())[0, 1] > 0.5
@@ -88,10 +88,7 @@ def test_transparent_background_is_composited_onto_white(tmp_path):
 def test_colour_modes_and_bit_depths(mode, tmp_path):
     digit = _synthetic_digit()
     light = Image.fromarray(255 - digit)  # dark ink on light paper
-    if mode == "I;16":
-        img = Image.fromarray((255 - digit).astype(np.uint16) * 257)
-    else:
-        img = light.convert(mode)
+    img = Image.fromarray((255 - digit).astype(np.uint16) * 257) if mode == "I;16" else light.convert(mode)
     path = tmp_path / ("x.tiff" if mode == "CMYK" else "x.png")
     img.save(path)
     x = load_image(path)[0, 0]

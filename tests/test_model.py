@@ -55,7 +55,8 @@ def test_same_seed_same_run_different_seed_different_run(case, rng):
     x, y = toy_data(rng)
 
     def run(seed):
-        m = small_net(case, seed=seed, dropout=True).compile("momentum", loss="softmax_cross_entropy", learning_rate=0.05)
+        m = small_net(case, seed=seed, dropout=True)
+        m.compile("momentum", loss="softmax_cross_entropy", learning_rate=0.05)
         m.fit(x, y, batch_size=16, epochs=2, verbose=0)
         return m.get_weights()
 
@@ -243,7 +244,8 @@ def test_uint8_images_train_exactly_as_prepared_floats_and_stay_uint8_on_the_dev
         return model.get_weights(), hist, model.evaluate(x, y), model.predict(x[:7])
 
     w8, h8, e8, p8 = run(pixels)
-    assert {str(s.x.dtype).split(".")[-1] for s in staged} == {"uint8"} and all(s.pixels and s.on_device for s in staged)
+    assert {str(s.x.dtype).split(".")[-1] for s in staged} == {"uint8"}
+    assert all(s.pixels and s.on_device for s in staged)
     wf, hf, ef, pf = run(prepare_images(pixels, case.dtype))
     assert all(np.array_equal(a, b) for a, b in zip(w8, wf))
     assert {k: hf[k] for k in ("loss", "val_loss")} == {k: h8[k] for k in ("loss", "val_loss")}

@@ -15,10 +15,10 @@ P5  peak resident memory of a P2-like job (whole MNIST train set loaded as uint8
     at batch 128 on float32 batches made from it), xpcnn vs PyTorch, each in its own process.
 
 Every worker process (xpcnn and PyTorch alike) runs with the glibc malloc thresholds that
-``Sequential.fit`` sets (:mod:`xpcnn.hostmem`). Every comparison is measured side by side in one run: warm-up first, then A B A B ... blocks,
-median and min–max reported. Each workload runs in a child process so that the BLAS/OpenMP thread
-count is set before NumPy or PyTorch start (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS,
-``torch.set_num_threads``) and memory peaks never mix.
+``Sequential.fit`` sets (:mod:`xpcnn.hostmem`). Every comparison is measured side by side in one
+run: warm-up first, then A B A B ... blocks, median and min–max reported. Each workload runs in
+a child process so that the BLAS/OpenMP thread count is set before NumPy or PyTorch start
+(OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, ``torch.set_num_threads``) and memory peaks never mix.
 
 Examples
 --------
@@ -569,7 +569,8 @@ def run_p5(params, repeats, threads):
             row["ratio"] = (row["ratio"] + "; " if row["ratio"] else "") + \
                 f"after imports + uint8 MNIST train set {row['after_data_mb']:.0f} MB"
     if params["device"] == "gpu" and pools:
-        rows.append(_row("P5", "xpcnn GPU memory pool high-water mark", pools, "MB", "CuPy pool bytes held after the job"))
+        rows.append(_row("P5", "xpcnn GPU memory pool high-water mark", pools, "MB",
+                         "CuPy pool bytes held after the job"))
     return rows
 
 

@@ -166,7 +166,7 @@ def load_latest_good(path, *, expected_arch=None) -> tuple[dict, dict[str, np.nd
             header, arrays = load_checkpoint(previous_path(path))
             used = previous_path(path)
         except CheckpointError:
-            raise newest
+            raise newest from None
     if expected_arch is not None:
         _check_arch(used, header, expected_arch)
     return header, arrays, used

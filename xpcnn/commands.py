@@ -166,7 +166,8 @@ def train(args):
 
     start = time.perf_counter()
     if model.epoch >= epochs:
-        _echo(f"The checkpoint already has {model.epoch} epochs (asked for {epochs}): nothing to train.", quiet=args.quiet)
+        _echo(f"The checkpoint already has {model.epoch} epochs (asked for {epochs}): nothing to train.",
+              quiet=args.quiet)
     else:
         model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=(xt, yt), seed=model.seed,
                   verbose=0 if args.quiet else 1, callbacks=[after_epoch])

@@ -19,8 +19,9 @@ float32 rounding, not bit for bit.
 Transports
     CPU (NumPy)   MPI ``Iallreduce`` in place on the host gradient buffer (the device array *is*
                   the host array: no copy besides the flattening).
-    GPU (CuPy)    NCCL (CuPy's bindings, in :class:`xpcnn.backend.GpuReducer`) on the device buffer, on the current stream: no copy to
-                  the host. Without NCCL: a CUDA-aware MPI when the MPI library reports one
+    GPU (CuPy)    NCCL (CuPy's bindings, in :class:`xpcnn.backend.GpuReducer`) on the device
+                  buffer, on the current stream: no copy to the host. Without NCCL: a
+                  CUDA-aware MPI when the MPI library reports one
                   (``MPIX_Query_cuda_support``, or ``XPCNN_MPI_CUDA_AWARE=1``), else a host copy
                   with a one-time warning (also when two ranks share a GPU, which NCCL refuses).
                   Each rank uses GPU ``local rank % device count``. *Untested on real GPUs*: no

@@ -128,7 +128,8 @@ class Conv2D(_Weighted):
 
     def _create_params(self, rng):
         if len(self.input_shape) != 3:
-            raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. Received {self.input_shape}.")
+            raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. "
+                             f"Received {self.input_shape}.")
         self._make((self.filters, self.input_shape[0], *self.kernel_size), self.filters, rng)
 
     def output_shape(self, input_shape):
@@ -137,7 +138,8 @@ class Conv2D(_Weighted):
         oh, ow = (output_size(s, k, st, d, p) for s, k, st, d, p in
                   zip((h, w), self.kernel_size, self.strides, self.dilation_rate, pads))
         if oh < 1 or ow < 1:
-            raise ShapeError(f"Layer '{self.name}': kernel {self.kernel_size} is larger than its padded input {(h, w)}.")
+            raise ShapeError(f"Layer '{self.name}': kernel {self.kernel_size} is larger than its padded "
+                             f"input {(h, w)}.")
         return (self.filters, oh, ow)
 
     def _shape_ok(self, shape):
@@ -167,7 +169,8 @@ class Dense(_Weighted):
 
     def _create_params(self, rng):
         if len(self.input_shape) != 1:
-            raise ShapeError(f"Layer '{self.name}' needs flat (features,) inputs; add Flatten(). Received {self.input_shape}.")
+            raise ShapeError(f"Layer '{self.name}' needs flat (features,) inputs; add Flatten(). "
+                             f"Received {self.input_shape}.")
         self._make((self.input_shape[0], self.units), self.units, rng)
 
     def output_shape(self, input_shape):

@@ -21,7 +21,8 @@ class _Pool(Layer):
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3:
-            raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. Received {tuple(input_shape)}.")
+            raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. "
+                             f"Received {tuple(input_shape)}.")
         c, h, w = input_shape
         (ph, pw), (sh, sw) = self.pool_size, self.strides
         if ph > h or pw > w:

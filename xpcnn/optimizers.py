@@ -107,8 +107,8 @@ class SGD(Optimizer):
             p += v
 
     def get_config(self):
-        return {"class": "SGD", "learning_rate": self.learning_rate, "momentum": self.momentum, "nesterov": self.nesterov,
-                "epoch_decay": self.epoch_decay}
+        return {"class": "SGD", "learning_rate": self.learning_rate, "momentum": self.momentum,
+                "nesterov": self.nesterov, "epoch_decay": self.epoch_decay}
 
 
 class Adam(Optimizer):

@@ -87,8 +87,8 @@ def plot_history(history, path, *, title="Training history", val_label="validati
     fig = Figure(figsize=(5.2 * len(panels), 4.0), layout="constrained")
     for ax, (key, ylabel) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
         show = (lambda v: f"{100 * v:.1f}%") if key == "accuracy" else (lambda v: f"{v:.4f}")
-        for name, label, style in ((key, "train", dict(marker="o", color="tab:blue")),
-                                   (f"val_{key}", val_label, dict(marker="s", ls="--", color="tab:orange"))):
+        for name, label, style in ((key, "train", {"marker": "o", "color": "tab:blue"}),
+                                   (f"val_{key}", val_label, {"marker": "s", "ls": "--", "color": "tab:orange"})):
             values = _series(history, name)
             if values:
                 ax.plot(range(1, len(values) + 1), values, lw=2, ms=5,

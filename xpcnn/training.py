@@ -57,9 +57,11 @@ def check_inputs(model, x, y):
     k = model.output_shape[-1]
     if model.loss == "softmax_cross_entropy":
         if y.ndim != 1 or y.dtype.kind not in "iu":
-            raise InputError(f"y must be integer class labels of shape (N,). Received shape {y.shape}, dtype {y.dtype}.")
+            raise InputError(f"y must be integer class labels of shape (N,). Received shape {y.shape}, "
+                             f"dtype {y.dtype}.")
         if y.size and (y.min() < 0 or y.max() >= k):
-            raise InputError(f"Labels must lie in [0, {k - 1}] for a {k}-class output. Received labels from {y.min()} to {y.max()}.")
+            raise InputError(f"Labels must lie in [0, {k - 1}] for a {k}-class output. "
+                             f"Received labels from {y.min()} to {y.max()}.")
         return x, y.astype(np.int64)
     y = y.reshape(len(y), -1).astype(model.dtype) if y.ndim == 1 else y.astype(model.dtype)
     if y.shape[1:] != tuple(model.output_shape):
@@ -179,7 +181,8 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
         model.backend.synchronize()
         seconds = time.perf_counter() - start
         total_loss, total_hits = _sum_over_ranks(comm, [float(xp.sum(losses)), float(xp.sum(hits))])
-        logs = {"loss": total_loss / n, "accuracy": total_hits / n, "seconds": seconds, "images_per_second": n / seconds}
+        logs = {"loss": total_loss / n, "accuracy": total_hits / n, "seconds": seconds,
+                "images_per_second": n / seconds}
         if val_data is not None:
             val = _evaluate(model, val_data, batch_size=max(batch_size, 256))
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
