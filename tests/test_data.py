@@ -37,6 +37,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("XPCNN_DATA_DIR", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.setenv("XPCNN_DATA_ORIGIN", (tmp_path / "no_such_origin").as_uri())
+    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (str(tmp_path / "system"), "system package")})
 
 
 def idx_bytes(array, code=0x08):
@@ -457,3 +458,15 @@ def test_npz_entries_zipfile_cannot_open_are_data_errors(tmp_path, rng, field, v
     path.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=expected):
         load_npz_dataset(path)
+
+
+def test_fashion_mnist_from_the_system_package_folder(tmp_path, rng, monkeypatch):
+    """After the Keras cache: where Debian's dataset-fashion-mnist installs the files."""
+    arrays = write_idx_folder(tmp_path / "system", rng)
+    assert_dataset(load_dataset("fashion-mnist", download=False), arrays)
+    with pytest.raises(DataError, match=r"system package\): does not exist"):
+        monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (str(tmp_path / "gone"), "system package")})
+        load_dataset("fashion-mnist", download=False)
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", download=False)
+    assert "system package" not in str(err.value)  # MNIST has no such package

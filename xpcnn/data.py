@@ -8,7 +8,10 @@
    ``fashion-mnist.npz``; for Fashion-MNIST also a ``fashion-mnist/`` subfolder;
 2. the Keras cache, ``$KERAS_HOME/datasets`` or ``~/.keras/datasets`` (``mnist.npz``,
    ``fashion-mnist/*.gz``);
-3. the public origin Keras downloads from (override with ``XPCNN_DATA_ORIGIN``), checking the
+3. for Fashion-MNIST, where Debian's ``dataset-fashion-mnist`` package installs it
+   (``/usr/share/datasets/fashion-mnist``; its gzip headers are rewritten, the data are the
+   originals);
+4. the public origin Keras downloads from (override with ``XPCNN_DATA_ORIGIN``), checking the
    SHA-256 Keras publishes and writing atomically into the Keras cache.
 
 Every file is checked before it is trusted: IDX headers are compared with the real data length
@@ -68,6 +71,8 @@ CLASS_NAMES = {
     "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                       "Ankle boot"),
 }
+# Where system packages install a dataset (Debian/Ubuntu: apt-get install dataset-fashion-mnist).
+SYSTEM_DIRS = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist", "Debian package dataset-fashion-mnist")}
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -372,9 +377,11 @@ def load_dataset(name="mnist", data_dir=None, *, download=True, progress=True) -
         raise InputError(f"The `name` argument must be one of {DATASETS}. Received name={name!r}")
     looked = []
     env_dir = os.environ.get("XPCNN_DATA_DIR")
+    system_dir, system_why = SYSTEM_DIRS.get(name, (None, ""))
     for folder, why, cache in ((data_dir, "data_dir argument", False),
                                (env_dir if data_dir is None else None, "XPCNN_DATA_DIR", False),
-                               (keras_cache_dir(), "Keras cache", True)):
+                               (keras_cache_dir(), "Keras cache", True),
+                               (system_dir, system_why, False)):
         if folder is None or folder == "":
             continue
         dataset, missing = _find(name, Path(folder), cache=cache)
