@@ -1,4 +1,4 @@
-"""Benchmarks: prints a table and writes JSON (see xpcnn/bench.py and BENCHMARKS.md)."""
+"""Benchmarks: prints a table and writes JSON (see xpcnn/bench/ and BENCHMARKS.md)."""
 
 from xpcnn.bench import main
 
