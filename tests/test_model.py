@@ -250,3 +250,27 @@ def test_uint8_images_train_exactly_as_prepared_floats_and_stay_uint8_on_the_dev
     assert all(np.array_equal(a, b) for a, b in zip(w8, wf))
     assert {k: hf[k] for k in ("loss", "val_loss")} == {k: h8[k] for k in ("loss", "val_loss")}
     assert e8 == ef and np.array_equal(p8, pf)
+
+
+def test_a_set_too_big_for_the_device_stays_on_the_host(case, rng, monkeypatch):
+    """Out of device memory while staging the whole set: batches cross one by one instead, same
+    results (a GPU with less free memory than MNIST needs still trains)."""
+    import xpcnn.training
+
+    x, y = toy_data(rng)
+    ref = small_net(case, seed=4).compile("sgd", loss="softmax_cross_entropy")
+    ref.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    model = small_net(case, seed=4).compile("sgd", loss="softmax_cross_entropy")
+    real_asarray, staged = type(model.backend).asarray, []
+
+    def asarray(self, a, dtype=None):
+        if getattr(a, "shape", (0,))[0] == len(x):  # the whole set: refuse, as a full GPU would
+            raise MemoryError("out of memory allocating the training set")
+        return real_asarray(self, a, dtype)
+
+    real_stage = xpcnn.training.stage
+    monkeypatch.setattr(type(model.backend), "asarray", asarray)
+    monkeypatch.setattr(xpcnn.training, "stage", lambda *a, **k: staged.append(real_stage(*a, **k)) or staged[-1])
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert staged and not staged[0].on_device
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), ref.get_weights()))

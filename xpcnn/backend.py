@@ -132,7 +132,7 @@ def gpu_problem() -> str | None:
         n = cupy.cuda.runtime.getDeviceCount()
         if n < 1:
             return "CuPy is installed but CUDA reports no GPU (device count 0)."
-        cupy.cuda.Device(0).compute_capability  # noqa: B018  (touches the driver)
+        cupy.cuda.Device().compute_capability  # noqa: B018  (the current device; touches the driver)
         cupy.zeros(1).sum().item()
     except Exception as exc:  # CUDARuntimeError, CompileException, driver errors
         return (
@@ -267,19 +267,23 @@ class GpuReducer:
         self.device = cupy.cuda.Device().id
         self.nccl = self.nccl_comm = self.event = None
         # Collective, before NCCL starts, so that every rank raises or falls back alike.
-        placed = comm.comm.allgather((comm.MPI.Get_processor_name(), self.device, data_device))
-        wrong = [r for r, (_, current, data) in enumerate(placed) if current != data]
+        # The PCI bus id names the physical GPU: with CUDA_VISIBLE_DEVICES set per rank (Slurm's
+        # --gpus-per-task) every rank sees its own GPU as device 0.
+        bus = cupy.cuda.Device().pci_bus_id
+        placed = comm.comm.allgather((comm.MPI.Get_processor_name(), self.device, data_device, bus))
+        wrong = [r for r, (_, current, data, _) in enumerate(placed) if current != data]
         if wrong:
             raise self.wrong_gpu(wrong[0], placed[wrong[0]][2], placed[wrong[0]][1])
-        shared = len({(host, dev) for host, dev, _ in placed}) < len(placed)  # NCCL refuses two ranks on one GPU
+        shared = len({(host, pci) for host, _, _, pci in placed}) < len(placed)  # NCCL refuses two ranks on one GPU
         try:
             from cupy.cuda import nccl
 
             ok = bool(nccl.available) and not shared
         except Exception:  # ImportError, a missing libnccl
             ok = False
+        ok = all(comm.comm.allgather(ok))  # all ranks use NCCL or none: a lone rank in it would hang
         if ok:
-            uid = nccl.get_unique_id() if comm.rank == 0 else None  # bytes (CuPy >= 14) or a tuple
+            uid = nccl.get_unique_id() if comm.rank == 0 else None  # passed on as CuPy made it
             uid = comm.comm.bcast(uid, root=0)
             with cupy.cuda.Device(self.device):
                 self.nccl_comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)

@@ -358,13 +358,21 @@ def init(backend=None, timeout=None):
         name = backend.name
     else:
         name = default_device() if backend is None else str(backend).strip().lower()
-        if name == "auto":
-            name = "gpu" if gpu_problem() is None else "cpu"
-    if name == "gpu":
-        local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
-        index = local.Get_rank() % gpu_count()
+    if name in ("gpu", "auto"):
+        # This rank's GPU is made current before anything touches one (also the "auto" probe):
+        # otherwise every rank would open a CUDA context on GPU 0.
+        local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)  # collective: every rank calls it
+        local_rank = local.Get_rank()
         local.Free()
-        use_gpu(index)  # before NCCL and before this module allocates anything
+        try:
+            count = gpu_count()
+        except Exception:  # DeviceError (no CuPy) or a CUDA error: get_backend("gpu") explains it
+            count = 0
+        if count > 0:
+            use_gpu(local_rank % count)
+        if name == "auto":
+            name = "gpu" if count > 0 and gpu_problem() is None else "cpu"
+    if name == "gpu":
         backend = get_backend("gpu")  # on the current device: this rank's own GPU
     elif not isinstance(backend, Backend):
         backend = get_backend(name)

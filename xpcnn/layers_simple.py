@@ -87,8 +87,8 @@ class Dropout(Layer):
         if not training or self.rate == 0.0:
             self._cache = None
             return x
-        keep = self.rng.random(tuple(x.shape)) >= self.rate
-        mask = self.backend.asarray(keep.astype(self.dtype))
+        keep = self.rng.random(tuple(x.shape)) >= self.rate  # host RNG: the same mask on every device
+        mask = self.backend.xp.astype(self.backend.asarray(keep), x.dtype)  # 1 byte a value crosses
         y, self._cache = F.dropout_forward(x, mask, self.rate)
         return y
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from .backend import to_numpy
 from .errors import InputError
@@ -58,7 +59,7 @@ class Optimizer:
     def _slot(self, name, key, like):
         table = self.slots.setdefault(name, {})
         if key not in table:
-            xp = like.__array_namespace__()
+            xp = array_namespace(like)
             table[key] = xp.zeros_like(like)
         return table[key]
 
@@ -124,7 +125,7 @@ class Adam(Optimizer):
         super().apply(layers)
 
     def _update(self, key, p, g):
-        xp = p.__array_namespace__()
+        xp = array_namespace(p)
         m = self._slot("m", key, p)
         v = self._slot("v", key, p)
         m *= self.beta_1

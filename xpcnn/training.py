@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backend import to_numpy
+from .backend import is_out_of_memory, to_numpy
 from .errors import InputError, ShapeError
 from .hostmem import keep_freed_host_memory
 
@@ -88,7 +88,11 @@ def stage(model, x, y, device_data_bytes=2**31):
     be = model.backend
     pixels = x.dtype == np.uint8
     if x.nbytes + (0 if y is None else y.nbytes) <= device_data_bytes:
-        return Staged(be.asarray(x), None if y is None else be.asarray(y), True, pixels)
+        try:
+            return Staged(be.asarray(x), None if y is None else be.asarray(y), True, pixels)
+        except Exception as exc:  # out of device memory: keep the set on the host, batches cross
+            if not is_out_of_memory(exc):
+                raise
     return Staged(x, y, False, pixels)
 
 
