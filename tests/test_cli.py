@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import xpcnn
 from xpcnn.cli import main
 
 
@@ -316,3 +317,55 @@ def test_resume_keeps_the_saved_batch_size_and_data_sizes(capsys, tmp_path, tiny
     assert h2["extra"]["batch_size"] == 32 and h2["extra"]["train_size"] == 300
     for name in a1:
         np.testing.assert_array_equal(a1[name], a2[name], err_msg=name)
+
+
+def test_a_saved_checkpoint_is_never_replaced_by_accident(capsys, tmp_path, tiny_data_dir):
+    """Without --resume an existing checkpoint is refused (exit 2, file untouched) unless --overwrite;
+    PATH.prev alone (a crash between a save's two renames) is resumed, not overwritten."""
+    from xpcnn.checkpoint import previous_path
+
+    ckpt = tmp_path / "run.npz"
+    base = ["train", "--preset", "tutorial", "--data-dir", tiny_data_dir, "--quiet", "--epochs", 2,
+            "--train-size", 50, "--test-size", 20, "--checkpoint", ckpt]
+    assert run(base, capsys)[0] == 0
+    before = ckpt.read_bytes()
+    code, _, err = run(base, capsys)
+    assert code == 2 and "already holds a checkpoint" in err and "--resume" in err and "--overwrite" in err
+    assert ckpt.read_bytes() == before
+    assert run([*base, "--overwrite", "--seed", 3], capsys)[0] == 0 and ckpt.read_bytes() != before
+
+    os.replace(ckpt, previous_path(ckpt))  # only PATH.prev is left
+    code, out, _ = run([*base[:-6], "--epochs", 3, "--checkpoint", ckpt, "--resume"], capsys)
+    assert code == 0 and "Resuming from" in out and ".prev after epoch 2" in out
+    assert xpcnn.load(ckpt).epoch == 3
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--optimizer", "sgd"], "trained with --optimizer adam; received --optimizer sgd"),
+    (["--seed", "7"], "trained with --seed 0; received --seed 7"),
+])
+def test_resume_refuses_options_that_would_change_the_run(capsys, tmp_path, tiny_data_dir, extra, message):
+    ckpt = tmp_path / "run.npz"
+    assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--checkpoint", ckpt), capsys)[0] == 0
+    before = ckpt.read_bytes()
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume", *extra), capsys)
+    assert code == 2 and message in err and ckpt.read_bytes() == before
+
+
+def test_paths_expand_home_and_an_empty_path_is_refused(capsys, tmp_path, tiny_data_dir, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--checkpoint", "~/c.npz",
+                          "--metrics-out", "~/m.jsonl"), capsys)[0] == 0
+    assert (tmp_path / "c.npz").is_file() and (tmp_path / "m.jsonl").is_file()
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ""), capsys)
+    assert code == 2 and "expected a path" in err
+
+
+def test_resume_with_an_unreadable_metrics_file_is_a_clear_error(capsys, tmp_path, tiny_data_dir):
+    ckpt, metrics = tmp_path / "c.npz", tmp_path / "m.jsonl"
+    assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--checkpoint", ckpt), capsys)[0] == 0
+    metrics.write_bytes(b"\xff\xfe not text")
+    before = ckpt.read_bytes()
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume",
+                                  "--metrics-out", metrics), capsys)
+    assert code == 2 and str(metrics) in err and "JSON-lines" in err and ckpt.read_bytes() == before

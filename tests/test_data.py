@@ -310,10 +310,43 @@ def test_keras_cache_discovery(tmp_path):
     cache = tmp_path / "keras_home" / "datasets"
     mnist = write_npz(cache / "mnist.npz", rng)
     fashion = write_idx_folder(cache / "fashion-mnist", rng)
-    # An explicit folder without the files still falls back to the cache.
-    (tmp_path / "empty").mkdir()
-    assert_dataset(load_dataset("mnist", tmp_path / "empty", download=False), mnist)
+    assert_dataset(load_dataset("mnist", download=False), mnist)
     assert_dataset(load_dataset("fashion-mnist", download=False), fashion)
+
+
+def test_a_named_folder_is_final_the_environment_falls_back(tmp_path, monkeypatch):
+    """--data-dir with a typo must not quietly train on other data; XPCNN_DATA_DIR (set once for
+    every dataset) falls back to the Keras cache."""
+    rng = np.random.default_rng(5)
+    mnist = write_npz(tmp_path / "keras_home" / "datasets" / "mnist.npz", rng)
+    (tmp_path / "empty").mkdir()
+    for folder, why in ((tmp_path / "empty", "no IDX files; no mnist.npz"), (tmp_path / "typo", "does not exist")):
+        with pytest.raises(DataError, match=f"in {folder}: {why}"):
+            load_dataset("mnist", folder, download=False)
+    monkeypatch.setenv("XPCNN_DATA_DIR", str(tmp_path / "empty"))
+    assert_dataset(load_dataset("mnist", download=False), mnist)
+
+
+def test_fashion_mnist_never_takes_mnist_files(tmp_path, monkeypatch):
+    """Both datasets use the same four file names: real MNIST files are recognised (by their labels)
+    and skipped for fashion-mnist, and the fashion-mnist/ subfolder comes before the folder itself."""
+    real = REAL_DIR
+    if not real or not (Path(real) / "train-labels-idx1-ubyte.gz").exists():
+        pytest.skip("needs real MNIST (XPCNN_DATA_DIR) to recognise")
+    rng = np.random.default_rng(6)
+    top = tmp_path / "data"
+    top.mkdir()
+    for f in Path(real).glob("*-ubyte.gz"):
+        (top / f.name).symlink_to(f)
+    with pytest.raises(DataError, match="the files there are mnist, not fashion-mnist"):
+        load_dataset("fashion-mnist", top, download=False)
+    fashion = write_idx_folder(top / "fashion-mnist", rng)
+    assert_dataset(load_dataset("fashion-mnist", top, download=False), fashion)
+    assert load_dataset("mnist", top, download=False).y_train.shape == (60000,)
+    monkeypatch.setenv("XPCNN_DATA_DIR", str(top))  # as README's test setup has it
+    (top / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="are mnist, not fashion-mnist"):
+        load_dataset("fashion-mnist", download=False)
 
 
 def test_corrupt_file_in_data_dir_is_reported_not_skipped(tmp_path):
@@ -398,20 +431,21 @@ def test_download_with_wrong_sha256_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(cache) == []
 
 
-def test_no_data_error_lists_every_place(tmp_path):
+def test_no_data_error_lists_every_place(tmp_path, monkeypatch):
     explicit = tmp_path / "mine"
     explicit.mkdir()
+    monkeypatch.setenv("XPCNN_DATA_DIR", str(explicit))
     with pytest.raises(DataError) as info:
-        load_dataset("mnist", explicit, progress=False)
+        load_dataset("mnist", progress=False)
     message = str(info.value)
     cache = str(tmp_path / "keras_home" / "datasets")
     assert message.index(str(explicit)) < message.index(cache)
-    for needle in ("data_dir argument", "Keras cache", "no_such_origin", "--data-dir",
-                   "XPCNN_DATA_DIR", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-                   "mnist.npz"):
+    for needle in ("XPCNN_DATA_DIR)", "Keras cache", "no_such_origin", "--data-dir",
+                   "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "mnist.npz"):
         assert needle in message
+    monkeypatch.setenv("XPCNN_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match=r"does not exist[\s\S]*skipped \(download=False\)"):
-        load_dataset("fashion-mnist", tmp_path / "nowhere", download=False)
+        load_dataset("fashion-mnist", download=False)
 
 
 def test_partial_idx_folder_is_reported(tmp_path):

@@ -38,6 +38,12 @@ def _positive_float(text):
     return value
 
 
+def _path(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, received an empty string")
+    return os.path.expanduser(text)
+
+
 def _device_arg(p):
     p.add_argument("--device", choices=DEVICES, default=None,
                    help=f"cpu (NumPy), gpu (CuPy) or auto; default XPCNN_DEVICE, else cpu (now: {default_device()})")
@@ -45,7 +51,7 @@ def _device_arg(p):
 
 def _data_args(p):
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the preset's (mnist)")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", type=_path, default=None,
                    help="folder with the four gzip IDX files or a Keras .npz (default: XPCNN_DATA_DIR, "
                         "then the Keras cache, then download)")
 
@@ -65,34 +71,36 @@ def build_parser():
     t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the preset's")
     t.add_argument("--lr-decay", type=_positive_float, help="learning-rate factor per epoch (default: the preset's, "
                    "1 = constant)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=None, help="default 0 (a resumed run keeps its own)")
     t.add_argument("--train-size", type=_positive_int, help="use the first N training images")
     t.add_argument("--test-size", type=_positive_int, help="use the first N test images")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--checkpoint", default=None, help="checkpoint file, saved atomically after every epoch")
+    t.add_argument("--checkpoint", type=_path, default=None, help="checkpoint file, saved atomically after every epoch")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint (its epoch, weights, optimizer)")
-    t.add_argument("--metrics-out", default=None, help="JSON lines file: one object per epoch")
-    t.add_argument("--plots", default=None, metavar="DIR", help="write curves, filters and feature maps here")
+    t.add_argument("--overwrite", action="store_true", help="start a new run even though --checkpoint exists")
+    t.add_argument("--metrics-out", type=_path, default=None, help="JSON lines file: one object per epoch")
+    t.add_argument("--plots", type=_path, default=None, metavar="DIR",
+                   help="write curves, filters and feature maps here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI ranks (run under mpirun -n K; needs the 'mpi' extra)")
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on the test set")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", type=_path, required=True)
     _device_arg(e)
     _data_args(e)
     e.add_argument("--test-size", type=_positive_int)
     e.add_argument("--batch-size", type=_positive_int, default=256)
 
     pr = sub.add_parser("predict", help="classify your own PNG/JPEG images")
-    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--checkpoint", type=_path, required=True)
     _device_arg(pr)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
 
     s = sub.add_parser("summary", help="the layer table of a preset or checkpoint")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", choices=sorted(PRESETS))
-    g.add_argument("--checkpoint")
+    g.add_argument("--checkpoint", type=_path)
 
     gc = sub.add_parser("gradcheck", help="finite-difference check of every layer's gradients")
     gc.add_argument("--preset", choices=sorted(PRESETS), default="lenet")

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__, optimizers
 from .backend import cupy_versions, get_backend, gpu_name, gpu_problem
+from .checkpoint import previous_path
 from .data import CLASS_NAMES, load_dataset, prepare_images
 from .errors import InputError
 from .io import load_model
@@ -77,7 +78,12 @@ class MetricsFile:
             return
         kept = []
         if keep_until_epoch and self.path.exists():
-            for line in self.path.read_text().splitlines():
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError) as exc:
+                raise InputError(f"Cannot continue the metrics file {self.path}: {type(exc).__name__}: {exc}. "
+                                 "Expected the JSON-lines file an earlier run wrote (or a new path).") from None
+            for line in text.splitlines():
                 try:
                     if json.loads(line).get("epoch", 10**9) <= keep_until_epoch:
                         kept.append(line)
@@ -122,12 +128,18 @@ def train(args):
     backend = get_backend(args.device) if comm is None else comm.backend
     _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype, train_size, test_size, args.quiet)
 
-    fresh = build_model(preset, device=backend, dtype=args.dtype, seed=args.seed)
+    fresh = build_model(preset, device=backend, dtype=args.dtype, seed=0 if args.seed is None else args.seed)
     main_rank = comm is None or comm.rank == 0
-    if args.resume and Path(args.checkpoint).exists():
+    # PATH.prev alone is what a crash between the two renames of a save leaves: resume from it.
+    saved_before = args.checkpoint and (Path(args.checkpoint).exists() or previous_path(args.checkpoint).exists())
+    if saved_before and not args.resume and not args.overwrite:
+        raise InputError(f"{args.checkpoint} already holds a checkpoint. Add --resume to continue it, or "
+                         "--overwrite to train a new model in its place (the old one is lost after two epochs).")
+    if args.resume and saved_before:
         model = load_model(args.checkpoint, device=backend, fallback=True, expected_arch=fresh.get_config())
         if model.dtype != args.dtype:
             raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
+        _check_resume_options(args, model)
         if args.learning_rate:
             model.optimizer.learning_rate = args.learning_rate
         if args.lr_decay:
@@ -182,9 +194,29 @@ def train(args):
     where = f"checkpoint: {args.checkpoint}" if args.checkpoint else "no checkpoint (use --checkpoint PATH)"
     if comm is not None:
         where += f"; {comm.size} processes"
-    print(f"xpcnn train: preset {args.preset}, {model.epoch} epochs on {model.backend}: train accuracy "
+    print(f"xpcnn train: preset {args.preset}, {model.epoch} epoch{'s' if model.epoch != 1 else ''} on "
+          f"{model.backend}: train accuracy "
           f"{train_acc:.4f}, test accuracy {acc:.4f}, {total:.1f} s; {where}", flush=True)
     return 0
+
+
+def _optimizer_name(optimizer):
+    config = optimizer.get_config()
+    if config["class"] == "Adam":
+        return "adam"
+    return "momentum" if config.get("momentum") else "sgd"
+
+
+def _check_resume_options(args, model):
+    """--resume continues the saved run: an option that would change it is refused, not ignored."""
+    if args.optimizer and args.optimizer != _optimizer_name(model.optimizer):
+        raise InputError(f"{model.checkpoint_path} was trained with --optimizer {_optimizer_name(model.optimizer)}; "
+                         f"received --optimizer {args.optimizer}. --resume continues the saved run: drop "
+                         "--optimizer, or start a new run (--overwrite or another --checkpoint).")
+    if args.seed is not None and args.seed != model.seed:
+        raise InputError(f"{model.checkpoint_path} was trained with --seed {model.seed}; received --seed "
+                         f"{args.seed}. --resume continues the saved run (its data order and dropout come from "
+                         "that seed): drop --seed, or start a new run.")
 
 
 def _saved_options(checkpoint):
@@ -193,7 +225,8 @@ def _saved_options(checkpoint):
 
     for path in (Path(checkpoint), previous_path(checkpoint)):
         try:
-            return read_header(path).get("extra", {}) if path.exists() else {}
+            if path.exists():
+                return read_header(path).get("extra", {})
         except InputError:
             continue
     return {}

@@ -71,6 +71,12 @@ CLASS_NAMES = {
     "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                       "Ankle boot"),
 }
+# The two datasets share file names, so a folder could hold either: the SHA-256 of the training
+# labels (as little-endian int64) tells the real ones apart (a copy holding other data is used as is).
+KNOWN_TRAIN_LABELS = {
+    "e474323ac02fc156161b0bbb1f8c9cfeb327a74bcd9f9680a8385269a24f566c": "mnist",
+    "e3245b63f7c40d1c8b652835f19744d970c1613b40ddac6bcfc87b9c46e16a0b": "fashion-mnist",
+}
 # Where system packages install a dataset (Debian/Ubuntu: apt-get install dataset-fashion-mnist).
 SYSTEM_DIRS = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist", "Debian package dataset-fashion-mnist")}
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
@@ -308,24 +314,32 @@ def _find(name, folder, *, cache):
         places = [folder / "mnist.npz"] if name == "mnist" else [folder / "fashion-mnist"]
     elif folder.suffix == ".npz":
         places = [folder]
+    elif name == "fashion-mnist":  # the specific places first: the folder itself may hold MNIST
+        places = [folder / "fashion-mnist", folder / "fashion-mnist.npz", folder]
     else:
         places = [folder, folder / f"{name}.npz"]
-        places += [folder / "fashion-mnist"] if name == "fashion-mnist" else []
     if not folder.exists():
         return None, "does not exist"
     notes = []
     for place in places:
-        if place.suffix == ".npz":
-            if place.is_file():
-                return load_npz_dataset(place, name=name), ""
-            notes.append(f"no {place.name}")
-            continue
-        paths, missing = _idx_paths(place) if place.is_dir() else ({}, list(IDX_FILES.values()))
-        if not missing:
-            return load_idx_dataset(place, name=name), ""
         where = "" if place == folder else f" in {place.name}/"
-        notes.append(f"no IDX files{where}" if not paths
-                     else f"incomplete IDX files{where} (missing {', '.join(missing)})")
+        if place.suffix == ".npz":
+            if not place.is_file():
+                notes.append(f"no {place.name}")
+                continue
+            dataset = load_npz_dataset(place, name=name)
+        else:
+            paths, missing = _idx_paths(place) if place.is_dir() else ({}, list(IDX_FILES.values()))
+            if missing:
+                notes.append(f"no IDX files{where}" if not paths
+                             else f"incomplete IDX files{where} (missing {', '.join(missing)})")
+                continue
+            dataset = load_idx_dataset(place, name=name)
+        actually = KNOWN_TRAIN_LABELS.get(hashlib.sha256(dataset.y_train.astype("<i8").tobytes()).hexdigest())
+        if actually not in (None, name):
+            notes.append(f"the files{where or ' there'} are {actually}, not {name}")
+            continue
+        return dataset, ""
     return None, "; ".join(notes)
 
 
@@ -387,6 +401,10 @@ def load_dataset(name="mnist", data_dir=None, *, download=True, progress=True) -
         dataset, missing = _find(name, Path(folder), cache=cache)
         if dataset is not None:
             return dataset
+        if why == "data_dir argument":  # a folder the user named is final: no silent fallback
+            raise DataError(f"Could not find the {name} dataset in {folder}: {missing}. Expected the four "
+                            f"IDX files ({', '.join(s + '.gz' for s in IDX_FILES.values())}) or {name}.npz "
+                            f"there{' (or in a fashion-mnist/ subfolder)' if name == 'fashion-mnist' else ''}.")
         looked.append(f"  - {folder} ({why}): {missing}")
     cache = keras_cache_dir()
     origin = os.environ.get("XPCNN_DATA_ORIGIN") or DEFAULT_ORIGIN
