@@ -94,3 +94,19 @@ def test_train_and_predict_name_fashion_classes(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(ckpt), *paths]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all("class 1 'Trouser'" in line for line in lines), lines
+
+
+def test_predict_reads_fashion_pngs_back_exactly(tmp_path):
+    """A PNG of a test image goes through the predict path unchanged (garments touch the border:
+    no lighting correction or contrast stretch may touch them)."""
+    from PIL import Image
+
+    from xpcnn.images import load_images
+
+    ds = load_dataset("fashion-mnist", FASHION_DIR, download=False, progress=False)
+    paths = []
+    for i in range(200):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(ds.x_test[i]).save(paths[-1])
+    x = load_images(paths, (1, 28, 28), dtype="float64", center=False)
+    np.testing.assert_array_equal(x[:, 0], ds.x_test[:200] / 255.0)

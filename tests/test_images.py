@@ -264,3 +264,15 @@ def test_fuzz_damaged_files_raise_only_data_error(data, tmp_path):
         assert str(path) in str(exc)
     else:  # a damaged byte can leave a decodable picture: then it must be a proper input
         assert x.shape == (1, 1, 28, 28) and np.isfinite(x).all() and 0 <= x.min() <= x.max() <= 1
+
+
+def test_frame_filling_pictures_are_only_resized(tmp_path, rng):
+    """center=False (Fashion-MNIST): an object touching the border, on a dark background, comes
+    back exactly; on a light background, exactly inverted."""
+    img = np.zeros((28, 28), dtype=np.uint8)
+    img[10:, 3:25] = rng.integers(60, 200, (18, 22))  # a garment standing on the bottom edge
+    Image.fromarray(img).save(tmp_path / "dark.png")
+    Image.fromarray(255 - img).save(tmp_path / "light.png")
+    for name in ("dark", "light"):
+        x = load_image(tmp_path / f"{name}.png", (1, 28, 28), dtype="float64", center=False)
+        np.testing.assert_array_equal(x[0, 0], img / 255.0)

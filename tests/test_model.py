@@ -274,3 +274,14 @@ def test_a_set_too_big_for_the_device_stays_on_the_host(case, rng, monkeypatch):
     model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     assert staged and not staged[0].on_device
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), ref.get_weights()))
+
+
+def test_integer_images_of_any_dtype_are_pixels(case, rng):
+    """int16/int64 pixels give exactly what uint8 pixels give; values outside 0..255 are refused."""
+    model = small_net(case)
+    pixels = rng.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    want = model.predict(pixels)
+    for dtype in (np.int16, np.int64, np.uint16):
+        np.testing.assert_array_equal(model.predict(pixels.astype(dtype)), want)
+    with pytest.raises(InputError, match=r"pixels in 0..255. Received int32 values from 0 to 300"):
+        model.predict(np.full((2, 1, 8, 8), 300, dtype=np.int32) * (np.arange(2) > 0)[:, None, None, None])

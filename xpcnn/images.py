@@ -138,9 +138,10 @@ def _to_gray(img, Image) -> np.ndarray:
 def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True) -> np.ndarray:
     """Gray levels (H, W) 0..255, any size -> an MNIST-like (height, width) float64 image in [0, 1].
 
-    ``invert=None`` inverts when the border's median is light (> 127). ``center=False`` skips the
-    crop / 20-px box / centre-of-mass steps and only resizes (for pictures that fill the frame,
-    like Fashion-MNIST).
+    ``invert=None`` inverts when the border's median is light (> 127). ``center=False`` is for
+    pictures that fill the frame, like Fashion-MNIST: after the inversion they are only resized —
+    no lighting correction, contrast stretch, crop or centring, which would change a garment that
+    touches the border (a Fashion-MNIST test image comes back exactly as it was).
     """
     Image, _ = _pillow()
     g = np.asarray(gray, dtype=np.float64)
@@ -149,6 +150,8 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
         invert = bool(np.median(border) > 127)
     if invert:
         g, border = 255.0 - g, 255.0 - border
+    if not center:
+        return np.clip(_resize(g, size, Image), 0.0, 255.0) / 255.0
     if np.percentile(border, 90) - np.percentile(border, 10) > UNEVEN_BORDER:
         g = _flatten_lighting(g, Image)
         border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
@@ -156,8 +159,6 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
     if top - background < BLANK_CONTRAST:  # no ink: nothing to crop or centre
         return np.clip(_resize(g, size, Image), 0, 255) / 255.0
     ink = np.clip((g - background) / (top - background), 0.0, 1.0)
-    if not center:
-        return np.clip(_resize(ink, size, Image), 0.0, 1.0)
     ink[ink < INK_THRESHOLD / 2] = 0.0  # paper texture and JPEG noise are not ink
     y0, y1, x0, x1 = _ink_box(ink, Image)
     ink = ink[y0:y1, x0:x1]
