@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from xpcnn.bench import main
 
 
@@ -16,3 +18,26 @@ def test_quick_p5_runs_workers_and_writes_table_and_json(mnist_dir, tmp_path, ca
     row = next(r for r in result["rows"] if r["name"].startswith("xpcnn peak RSS"))
     assert 50 < row["median"] < 2000 and row["unit"] == "MB"  # a real measurement of a real process
     assert "worker_malloc" in result["machine"] and result["workloads"] == ["P5"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--threads", "abc"], "--threads: expected a positive integer, received 'abc'"),
+    (["--batch-sizes", "0"], "--batch-sizes: expected a positive integer, received '0'"),
+    (["--repeats", "-3"], "--repeats: expected a positive integer"),
+    (["--p4-lr", "nan"], "--p4-lr: expected a finite positive number"),
+    (["--workloads", "P9"], "--workloads: unknown P9"),
+    (["--json-out", "/proc/no/such.json"], "--json-out /proc/no/such.json: expected a file in an existing"),
+])
+def test_bad_options_are_usage_errors_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_failed_workload_is_a_row_and_a_non_zero_exit(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()  # a data folder without MNIST: the P4 worker fails
+    code = main(["--workloads", "P4", "--quick", "--data-dir", str(tmp_path / "empty"),
+                 "--json-out", str(tmp_path / "b.json")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "P4        error" in out and "P4 failed" in err

@@ -12,36 +12,11 @@ import sys
 import warnings
 
 from . import __version__
+from .argtypes import path_arg, positive_float, positive_int
 from .backend import DEVICES, default_device, is_out_of_memory
 from .data import DATASETS
 from .errors import XpcnnError
 from .presets import PRESETS
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, received {text!r}")
-    return value
-
-
-def _path(text):
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a path, received an empty string")
-    return os.path.expanduser(text)
 
 
 def _device_arg(p):
@@ -51,7 +26,7 @@ def _device_arg(p):
 
 def _data_args(p):
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the preset's (mnist)")
-    p.add_argument("--data-dir", type=_path, default=None,
+    p.add_argument("--data-dir", type=path_arg, default=None,
                    help="folder with the four gzip IDX files or a Keras .npz (default: XPCNN_DATA_DIR, "
                         "then the Keras cache, then download)")
 
@@ -65,58 +40,59 @@ def build_parser():
     _device_arg(t)
     t.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
     _data_args(t)
-    t.add_argument("--epochs", type=_positive_int, help="default: the preset's")
-    t.add_argument("--batch-size", type=_positive_int, help="default: the preset's")
-    t.add_argument("--learning-rate", type=_positive_float, help="default: the preset's")
+    t.add_argument("--epochs", type=positive_int, help="default: the preset's")
+    t.add_argument("--batch-size", type=positive_int, help="default: the preset's")
+    t.add_argument("--learning-rate", type=positive_float, help="default: the preset's")
     t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the preset's")
-    t.add_argument("--lr-decay", type=_positive_float, help="learning-rate factor per epoch (default: the preset's, "
+    t.add_argument("--lr-decay", type=positive_float, help="learning-rate factor per epoch (default: the preset's, "
                    "1 = constant)")
     t.add_argument("--seed", type=int, default=None, help="default 0 (a resumed run keeps its own)")
-    t.add_argument("--train-size", type=_positive_int, help="use the first N training images")
-    t.add_argument("--test-size", type=_positive_int, help="use the first N test images")
+    t.add_argument("--train-size", type=positive_int, help="use the first N training images")
+    t.add_argument("--test-size", type=positive_int, help="use the first N test images")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--checkpoint", type=_path, default=None, help="checkpoint file, saved atomically after every epoch")
+    t.add_argument("--checkpoint", type=path_arg, default=None,
+                   help="checkpoint file, saved atomically after every epoch")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint (its epoch, weights, optimizer)")
     t.add_argument("--overwrite", action="store_true", help="start a new run even though --checkpoint exists")
-    t.add_argument("--metrics-out", type=_path, default=None, help="JSON lines file: one object per epoch")
-    t.add_argument("--plots", type=_path, default=None, metavar="DIR",
+    t.add_argument("--metrics-out", type=path_arg, default=None, help="JSON lines file: one object per epoch")
+    t.add_argument("--plots", type=path_arg, default=None, metavar="DIR",
                    help="write curves, filters and feature maps here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI ranks (run under mpirun -n K; needs the 'mpi' extra)")
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on the test set")
-    e.add_argument("--checkpoint", type=_path, required=True)
+    e.add_argument("--checkpoint", type=path_arg, required=True)
     _device_arg(e)
     _data_args(e)
-    e.add_argument("--test-size", type=_positive_int)
-    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--test-size", type=positive_int)
+    e.add_argument("--batch-size", type=positive_int, default=256)
 
     pr = sub.add_parser("predict", help="classify your own PNG/JPEG images")
-    pr.add_argument("--checkpoint", type=_path, required=True)
+    pr.add_argument("--checkpoint", type=path_arg, required=True)
     _device_arg(pr)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
 
     s = sub.add_parser("summary", help="the layer table of a preset or checkpoint")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", choices=sorted(PRESETS))
-    g.add_argument("--checkpoint", type=_path)
+    g.add_argument("--checkpoint", type=path_arg)
 
     gc = sub.add_parser("gradcheck", help="finite-difference check of every layer's gradients")
     gc.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
     _device_arg(gc)
-    gc.add_argument("--batch-size", type=_positive_int, default=8)
-    gc.add_argument("--entries", type=_positive_int, default=12, help="entries checked per parameter array")
+    gc.add_argument("--batch-size", type=positive_int, default=8)
+    gc.add_argument("--entries", type=positive_int, default=12, help="entries checked per parameter array")
     gc.add_argument("--seed", type=int, default=0)
 
     ck = sub.add_parser("check", help="CPU/GPU parity: the same steps on two devices, compared")
     ck.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
     ck.add_argument("--devices", nargs=2, default=["cpu", "gpu"], metavar=("A", "B"))
-    ck.add_argument("--steps", type=_positive_int, default=100)
-    ck.add_argument("--batch-size", type=_positive_int, default=32)
+    ck.add_argument("--steps", type=positive_int, default=100)
+    ck.add_argument("--batch-size", type=positive_int, default=32)
     ck.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ck.add_argument("--seed", type=int, default=0)
-    ck.add_argument("--rtol", type=_positive_float, default=None, help="default: the dtype's stated bound")
+    ck.add_argument("--rtol", type=positive_float, default=None, help="default: the dtype's stated bound")
 
     sub.add_parser("selftest", help="gradcheck + parity + a tiny training run (what the container runs)")
     sub.add_parser("info", help="versions, devices, data directory")

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..argtypes import path_arg, positive_float, positive_int, positive_int_list
 from ..hostmem import MMAP_THRESHOLD, TRIM_THRESHOLD, keep_freed_host_memory
 from .common import BLAS_ENV, CPU_WORKLOADS, GPU_WORKLOADS, REPO, _note, _row
 from .workers import WORKERS
@@ -219,18 +220,21 @@ def build_parser():
     p = argparse.ArgumentParser(prog="xpcnn bench", description="xpcnn benchmarks (see BENCHMARKS.md)")
     p.add_argument("--workloads", help="comma-separated subset of P1,P2,P3,P4,P5 "
                    "(default: P1,P2,P4,P5 on --device cpu, P3,P4,P5 on --device gpu)")
-    p.add_argument("--repeats", type=int, default=7, help="measured blocks per comparison (default 7)")
-    p.add_argument("--json-out", default="bench-results.json", help="where to write the JSON results")
+    p.add_argument("--repeats", type=positive_int, default=7, help="measured blocks per comparison (default 7)")
+    p.add_argument("--json-out", type=path_arg, default="bench-results.json", help="where to write the JSON results")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="device for P4/P5 (P2 is CPU, P3 GPU)")
     p.add_argument("--quick", action="store_true", help="a smoke run: fewer repeats, one batch size, short P4")
-    p.add_argument("--threads", default=None,
+    p.add_argument("--threads", type=positive_int_list, default=None,
                    help="comma-separated thread counts for P2 (default: '1,<cores>'); P5 uses the last")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated P2 batch sizes (default 32,128,512)")
-    p.add_argument("--data-dir", default=None, help="MNIST folder (default: $XPCNN_DATA_DIR, then the Keras cache)")
-    p.add_argument("--p4-lr", type=float, default=4e-3, help="P4 Adam learning rate of epoch 1 (default 4e-3)")
-    p.add_argument("--p4-decay", type=float, default=0.4, help="P4 learning-rate factor per epoch (default 0.4)")
-    p.add_argument("--p4-batch-size", type=int, default=128, help="P4 batch size (default 128)")
-    p.add_argument("--p4-max-epochs", type=int, default=10, help="P4 epoch limit (default 10)")
+    p.add_argument("--batch-sizes", type=positive_int_list, default=None,
+                   help="comma-separated P2 batch sizes (default 32,128,512)")
+    p.add_argument("--data-dir", type=path_arg, default=None,
+                   help="MNIST folder (default: $XPCNN_DATA_DIR, then the Keras cache)")
+    p.add_argument("--p4-lr", type=positive_float, default=4e-3, help="P4 Adam learning rate of epoch 1 (default 4e-3)")
+    p.add_argument("--p4-decay", type=positive_float, default=0.4,
+                   help="P4 learning-rate factor per epoch (default 0.4)")
+    p.add_argument("--p4-batch-size", type=positive_int, default=128, help="P4 batch size (default 128)")
+    p.add_argument("--p4-max-epochs", type=positive_int, default=10, help="P4 epoch limit (default 10)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--params", help=argparse.SUPPRESS)
     return p
@@ -240,7 +244,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--"]:  # `xpcnn bench -- --quick`: the CLI hands over everything after "bench"
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.worker:  # child process: one measurement, one JSON line on stdout
         # Every worker, xpcnn's and PyTorch's alike, runs with the malloc policy Sequential.fit
         # sets (freed memory kept for reuse, xpcnn.hostmem): same allocator for both sides.
@@ -254,9 +259,12 @@ def main(argv=None):
     workloads = [w.strip().upper() for w in args.workloads.split(",")] if args.workloads else list(default)
     unknown = sorted(set(workloads) - {"P1", "P2", "P3", "P4", "P5"})
     if unknown:
-        raise SystemExit(f"Unknown workloads {unknown}. Expected a subset of P1,P2,P3,P4,P5.")
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
-    repeats = 3 if args.quick else max(1, args.repeats)
+        parser.error(f"--workloads: unknown {', '.join(unknown)}; expected a subset of P1,P2,P3,P4,P5")
+    out = Path(args.json_out).resolve()
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK) or out.is_dir():
+        parser.error(f"--json-out {args.json_out}: expected a file in an existing, writable folder")
+    threads = args.threads or sorted({1, cores})
+    repeats = 3 if args.quick else args.repeats
     data_dir = args.data_dir or os.environ.get("XPCNN_DATA_DIR")
     notes = []
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
@@ -280,7 +288,7 @@ def main(argv=None):
                     except RuntimeError as exc:
                         rows.append(_note("P1", "torch cpu, same net (context)", f"unavailable: {exc}"))
             elif w == "P2":
-                sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else \
+                sizes = args.batch_sizes if args.batch_sizes else \
                     ([128] if args.quick else [32, 128, 512])
                 for t in ([threads[-1]] if args.quick else threads):
                     rows += run_p2({"data_dir": data_dir, "repeats": repeats, "batch_sizes": sizes,
@@ -303,7 +311,7 @@ def main(argv=None):
         except Exception as exc:  # one broken workload must not hide the others
             rows.append(_note(w, "error", f"not measured: {type(exc).__name__}: {exc}"))
         print(f"[bench] {w} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    if "P3" not in workloads:
+    if "P3" not in workloads and not args.workloads:  # the full CPU run says why P3 is missing
         from ..backend import gpu_problem
 
         problem = gpu_problem()
@@ -317,4 +325,7 @@ def main(argv=None):
         print("note:", n)
     Path(args.json_out).write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {args.json_out}")
-    return 0
+    failed = [r["workload"] for r in rows if r["name"] == "error"]
+    if failed:
+        print(f"xpcnn bench: {', '.join(failed)} failed (see the table)", file=sys.stderr)
+    return 1 if failed else 0

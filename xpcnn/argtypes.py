@@ -1,0 +1,38 @@
+"""Argument types shared by the ``xpcnn`` command and ``xpcnn bench``: a bad value is one argparse
+message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, received {text!r}")
+    return value
+
+
+def path_arg(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, received an empty string")
+    return os.path.expanduser(text)
+
+
+def positive_int_list(text):
+    """``"1,2"`` -> [1, 2]: comma-separated positive integers."""
+    return [positive_int(part.strip()) for part in text.split(",")]
