@@ -274,6 +274,10 @@ def predict(args):
     names = CLASS_NAMES.get(dataset, ())
     centre = dataset == "mnist"
     x = load_images(args.images, tuple(model.input_shape), dtype=model.dtype, center=centre)
+    if any(type(layer).__name__ == "BatchStandardize" for layer in model.layers):
+        print(f"note: this network standardizes over the batch (as the tutorial's code does), so each "
+              f"image's result depends on the other {len(x) - 1} given with it"
+              + (" — with one image the output is always 0.5." if len(x) == 1 else "."), file=sys.stderr)
     out = model.predict(x).astype(np.float64)  # host array: the rest is presentation
     task = extra.get("task", "classes")
     for path, row in zip(args.images, out):

@@ -155,6 +155,10 @@ class BatchStandardize(Layer):
     in backprop. Its true gradient (batch normalization without scale and shift) is
 
         ∂E/∂z = (1/σ) · (dẑ - mean_n(dẑ) - ẑ · mean_n(dẑ · ẑ))
+
+    Like the tutorial's code it uses the batch's own statistics also at inference (there are no
+    running averages, unlike batch normalization): an output depends on the whole batch, and a
+    batch of one image standardizes to 0.
     """
 
     def __init__(self, epsilon=1e-8, name=None):

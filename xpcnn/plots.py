@@ -96,7 +96,7 @@ def plot_history(history, path, *, title="Training history", val_label="validati
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(key.capitalize())
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # 1 epoch: one tick, "1"
         if key == "accuracy":
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.grid(alpha=0.3)
