@@ -285,3 +285,9 @@ def test_integer_images_of_any_dtype_are_pixels(case, rng):
         np.testing.assert_array_equal(model.predict(pixels.astype(dtype)), want)
     with pytest.raises(InputError, match=r"pixels in 0..255. Received int32 values from 0 to 300"):
         model.predict(np.full((2, 1, 8, 8), 300, dtype=np.int32) * (np.arange(2) > 0)[:, None, None, None])
+
+
+@pytest.mark.parametrize("shape", [(-3,), (1, 0, 4), (), "abc"])
+def test_a_bad_input_shape_is_one_shape_error(case, shape):
+    with pytest.raises(ShapeError, match="input_shape must be a tuple of positive ints"):
+        xpcnn.Sequential([L.Flatten(), L.Dense(2)], input_shape=shape, device=case.backend)

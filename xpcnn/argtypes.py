@@ -7,14 +7,18 @@ import argparse
 import os
 
 
-def positive_int(text):
+def _int_at_least(text, minimum, what):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, received {text!r}")
     return value
+
+
+def positive_int(text):
+    return _int_at_least(text, 1, "positive")
 
 
 def positive_float(text):
@@ -25,6 +29,10 @@ def positive_float(text):
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite positive number, received {text!r}")
     return value
+
+
+def seed_arg(text):
+    return _int_at_least(text, 0, "non-negative")
 
 
 def path_arg(text):

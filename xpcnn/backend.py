@@ -188,7 +188,7 @@ def get_backend(device: str | Backend | None = None) -> Backend:
         return Backend("cpu", xp_np, "cpu")
     problem = gpu_problem()
     if problem is not None:
-        raise DeviceError(problem)
+        raise DeviceError(problem + ("" if device is not None else " (device 'gpu' came from XPCNN_DEVICE)"))
     import array_api_compat.cupy as xp_cp
 
     cupy = _cupy()

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from . import __version__
-from .argtypes import path_arg, positive_float, positive_int
+from .argtypes import path_arg, positive_float, positive_int, seed_arg
 from .backend import DEVICES, default_device, is_out_of_memory
 from .data import DATASETS
 from .errors import XpcnnError
@@ -46,7 +46,7 @@ def build_parser():
     t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the preset's")
     t.add_argument("--lr-decay", type=positive_float, help="learning-rate factor per epoch (default: the preset's, "
                    "1 = constant)")
-    t.add_argument("--seed", type=int, default=None, help="default 0 (a resumed run keeps its own)")
+    t.add_argument("--seed", type=seed_arg, default=None, help="default 0 (a resumed run keeps its own)")
     t.add_argument("--train-size", type=positive_int, help="use the first N training images")
     t.add_argument("--test-size", type=positive_int, help="use the first N test images")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -83,7 +83,7 @@ def build_parser():
     _device_arg(gc)
     gc.add_argument("--batch-size", type=positive_int, default=8)
     gc.add_argument("--entries", type=positive_int, default=12, help="entries checked per parameter array")
-    gc.add_argument("--seed", type=int, default=0)
+    gc.add_argument("--seed", type=seed_arg, default=0)
 
     ck = sub.add_parser("check", help="CPU/GPU parity: the same steps on two devices, compared")
     ck.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
@@ -91,7 +91,7 @@ def build_parser():
     ck.add_argument("--steps", type=positive_int, default=100)
     ck.add_argument("--batch-size", type=positive_int, default=32)
     ck.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    ck.add_argument("--seed", type=int, default=0)
+    ck.add_argument("--seed", type=seed_arg, default=0)
     ck.add_argument("--rtol", type=positive_float, default=None, help="default: the dtype's stated bound")
 
     sub.add_parser("selftest", help="gradcheck + parity + a tiny training run (what the container runs)")

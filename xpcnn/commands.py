@@ -145,7 +145,9 @@ def train(args):
         if args.lr_decay:
             model.optimizer.epoch_decay = args.lr_decay
         if main_rank:
-            print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}.", flush=True)
+            why = "" if str(model.checkpoint_path) == str(args.checkpoint) else \
+                f" ({args.checkpoint} is missing or damaged; its previous version is intact)"
+            print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}{why}.", flush=True)
     else:
         if args.resume:
             _echo(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", quiet=args.quiet)
@@ -166,7 +168,8 @@ def train(args):
     plots = Path(args.plots) if args.plots else None
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
-        _plot_filters(model, plots / "filters_before.png", "before training")
+        _plot_filters(model, plots / "filters_before.png",
+                      "before training" if model.epoch == 0 else f"at epoch {model.epoch} (resumed)")
 
     def after_epoch(model, epoch, logs):
         metrics.write({"epoch": epoch + 1, "train_loss": logs["loss"], "train_accuracy": logs["accuracy"],

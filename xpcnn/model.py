@@ -45,8 +45,8 @@ class NonFiniteLossError(XpcnnError, FloatingPointError):
         self.epoch, self.step, self.value = epoch, step, value
         super().__init__(
             f"The training loss became {value} at epoch {epoch + 1}, step {step + 1}. The learning rate "
-            "is probably too large; lower --learning-rate (or try --optimizer adam). Parameters after "
-            "this step are not finite; the last saved checkpoint was kept."
+            "is probably too large: lower --learning-rate. Parameters after this step are not finite; "
+            "nothing was saved from this epoch (a checkpoint, if any, still holds the last good one)."
         )
 
 
@@ -89,7 +89,13 @@ class Sequential:
     # -- structure -----------------------------------------------------------------------------
     def build(self, input_shape):
         """Create every layer's weights for per-sample ``input_shape`` from the model's seed."""
-        shape = tuple(int(s) for s in input_shape)
+        try:
+            shape = tuple(int(s) for s in input_shape)
+        except (TypeError, ValueError):
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise ShapeError(f"input_shape must be a tuple of positive ints, per sample (e.g. (1, 28, 28)). "
+                             f"Received {input_shape!r}.")
         seeds = np.random.SeedSequence(self.seed).spawn(len(self.layers))
         for i, (layer, ss) in enumerate(zip(self.layers, seeds)):
             try:
