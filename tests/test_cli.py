@@ -370,3 +370,11 @@ def test_resume_with_an_unreadable_metrics_file_is_a_clear_error(capsys, tmp_pat
     code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume",
                                   "--metrics-out", metrics), capsys)
     assert code == 2 and str(metrics) in err and "JSON-lines" in err and ckpt.read_bytes() == before
+
+
+def test_a_bad_plots_folder_fails_before_training(capsys, tmp_path, tiny_data_dir):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for plots, message in ((afile, "is a file; expected a folder"), (tmp_path / "no" / "such", "does not exist")):
+        code, out, err = run(train_args(tiny_data_dir, tmp_path, "--plots", plots), capsys)
+        assert code == 2 and message in err and "Epoch" not in out + err

@@ -64,6 +64,8 @@ class Backend:
             dtype = getattr(self.xp, dtype)
         if self.name == "cpu" or not hasattr(a, "__array_namespace__"):
             return self.xp.asarray(a, dtype=dtype, device=self.device)
+        if self.owns(a):  # already here: no round trip through the host
+            return a if dtype is None else self.xp.astype(a, dtype)
         # An array of another namespace: go through the host, explicitly.
         return self.xp.asarray(to_numpy(a), dtype=dtype, device=self.device)
 

@@ -125,6 +125,13 @@ def train(args):
     for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
         if path:
             _writable_parent(path, what)
+    if args.plots:  # before any training: a picture folder that cannot be made fails now, not after
+        if Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise InputError(f"--plots {args.plots} is a file; expected a folder (it is created if missing).")
+        _writable_parent(Path(args.plots) / "history.png" if Path(args.plots).is_dir() else args.plots, "plots")
+        from .plots import require_matplotlib
+
+        require_matplotlib()  # a missing 'plots' extra is a clear error before the folder is made
     backend = get_backend(args.device) if comm is None else comm.backend
     _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype, train_size, test_size, args.quiet)
 
@@ -383,7 +390,10 @@ def info(args):
     print("Devices: cpu" + (f", gpu:0 ({gpu_name(0)})" if problem is None else ""))
     if problem:
         print(f"GPU: not usable: {problem}")
-    print(f"Default device (XPCNN_DEVICE): {os.environ.get('XPCNN_DEVICE', 'cpu (unset)')}")
+    env_device = os.environ.get("XPCNN_DEVICE")
+    flag = "" if env_device is None or env_device.strip().lower() in ("cpu", "gpu", "auto") else \
+        "  <- not a device: expected cpu, gpu or auto"
+    print(f"Default device (XPCNN_DEVICE): {env_device if env_device is not None else 'cpu (unset)'}{flag}")
     from .data import keras_cache_dir
 
     print(f"Data directory (XPCNN_DATA_DIR): {os.environ.get('XPCNN_DATA_DIR', '(unset)')}; "

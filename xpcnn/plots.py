@@ -26,7 +26,7 @@ from .backend import to_numpy
 from .errors import InputError, ShapeError
 
 
-def _matplotlib():
+def require_matplotlib():
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator, PercentFormatter
@@ -80,7 +80,7 @@ def plot_history(history, path, *, title="Training history", val_label="validati
         keys = sorted(history) if hasattr(history, "keys") else type(history).__name__
         raise InputError("plot_history needs a history dict with a non-empty 'loss' list (what model.fit "
                          f"returns). Received {keys}.")
-    Figure, MaxNLocator, PercentFormatter = _matplotlib()
+    Figure, MaxNLocator, PercentFormatter = require_matplotlib()
     panels = [("loss", "loss (lower is better)")]
     if history.get("accuracy"):
         panels.append(("accuracy", "accuracy (higher is better)"))
@@ -191,7 +191,7 @@ def plot_filters(kernel, path, title="", *, cmap="gray", max_filters=64, max_cha
     """
     k = _kernel(kernel)
     _positive(max_filters=max_filters, max_channels=max_channels)
-    Figure = _matplotlib()[0]
+    Figure = require_matplotlib()[0]
     tiles, ncols, nrows, labels, note = _layout(k, max_filters, max_channels)
     vmax = _scale(k)
     aw, ah = _axes_size(tiles.shape, ncols, "tile_labels" in labels, ncols * _cell(nrows, ncols))
@@ -215,7 +215,7 @@ def plot_before_after_filters(before, after, path, title="", *, cmap="gray", max
     if b.shape != a.shape:
         raise ShapeError(f"`before` and `after` must have the same shape. Received {b.shape} and {a.shape}.")
     _positive(max_filters=max_filters, max_channels=max_channels)
-    Figure = _matplotlib()[0]
+    Figure = require_matplotlib()[0]
     tiles, ncols, nrows, labels, note = _layout(b, max_filters, max_channels)
     aw, ah = _axes_size(tiles.shape, ncols, "tile_labels" in labels, ncols * _cell(nrows, 3 * ncols))
     fig = Figure(figsize=(3 * (aw + 0.9), ah + 1.2), layout="constrained")
@@ -289,7 +289,7 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
     """
     _positive(max_maps=max_maps)
     inp, sections, out = feature_maps(model, image)
-    Figure = _matplotlib()[0]
+    Figure = require_matplotlib()[0]
     ncols = min(8, max([min(max_maps, len(m)) for _, m in sections] + [1]))
     heights = [_axes_size(m[:max_maps].shape, ncols, True, ncols * 0.95)[1] + 0.35 for _, m in sections]
     fig = Figure(figsize=(3.0 + ncols * 0.95 + 0.9, max(4.6, sum(heights) + 0.5)), layout="constrained")
