@@ -504,3 +504,9 @@ def test_fashion_mnist_from_the_system_package_folder(tmp_path, rng, monkeypatch
     with pytest.raises(DataError) as err:
         load_dataset("mnist", download=False)
     assert "system package" not in str(err.value)  # MNIST has no such package
+
+
+def test_an_empty_split_names_its_file(tmp_path, rng):
+    write_npz(tmp_path / "mnist.npz", rng, x_test=np.zeros((0, 28, 28), np.uint8), y_test=np.zeros(0, np.uint8))
+    with pytest.raises(DataError, match=r"mnist.npz\[x_test\] holds no images; expected at least one"):
+        load_npz_dataset(tmp_path / "mnist.npz")

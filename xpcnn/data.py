@@ -269,6 +269,8 @@ def _make_dataset(name, arrays, where, source) -> Dataset:
         if len(x) != len(y):
             raise DataError(f"{xw} holds {len(x)} images but {yw} holds {len(y)} labels; "
                             "expected the same count.")
+        if len(x) == 0:
+            raise DataError(f"{xw} holds no images; expected at least one.")
         bad = int(np.count_nonzero((y < 0) | (y > 9)))
         if bad:
             raise DataError(f"Labels {yw} hold {bad} values outside 0..9 (range "

@@ -107,8 +107,9 @@ def _read_gray(path: Path, Image, ImageOps) -> np.ndarray:
         raise DataError(f"Image file {path} is not {EXPECTED} (could not identify image file; found "
                         f"{found}); expected one of {', '.join(FORMATS)}.") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"Image file {path} is too large to decode safely ({exc}); expected at most "
-                        f"{MAX_PIXELS:,} pixels.") from None
+        raise DataError(f"Image file {path} is too large to decode safely (Pillow refused it as a possible "
+                        f"decompression bomb: {type(exc).__name__}); expected at most {MAX_PIXELS:,} pixels. "
+                        "Shrink it first.") from None
     except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
         raise DataError(f"Image file {path} is truncated or corrupt ({type(exc).__name__}: {exc}; found "
                         f"{found}); expected a complete PNG or JPEG image.") from None
