@@ -291,3 +291,10 @@ def test_integer_images_of_any_dtype_are_pixels(case, rng):
 def test_a_bad_input_shape_is_one_shape_error(case, shape):
     with pytest.raises(ShapeError, match="input_shape must be a tuple of positive ints"):
         xpcnn.Sequential([L.Flatten(), L.Dense(2)], input_shape=shape, device=case.backend)
+
+
+def test_integer_features_of_a_dense_model_are_numbers(case):
+    """Only image inputs (C, H, W) treat integers as pixels; a feature vector's integers stay numbers."""
+    model = xpcnn.Sequential([L.Dense(1)], input_shape=(3,), device=case.backend, dtype=case.dtype)
+    counts = np.array([[0, 1, 300]], dtype=np.int64)
+    np.testing.assert_allclose(model.predict(counts), model.predict(counts.astype(case.dtype)), rtol=1e-6)

@@ -25,10 +25,10 @@ from .hostmem import keep_freed_host_memory
 def check_inputs(model, x, y):
     """Host arrays ready for :func:`stage`, with every problem named before any device work.
 
-    ``x`` comes back in the model's dtype, except integer images (pixels 0..255): they come back as
-    uint8 (a quarter of the bytes on the host and the device) and :func:`device_batches` turns each
-    batch into pixels in [0, 1] on the device, the same arithmetic as
-    :func:`xpcnn.data.prepare_images`.
+    ``x`` comes back in the model's dtype, except integer images (pixels 0..255) for a model with
+    (C, H, W) inputs: they come back as uint8 (a quarter of the bytes on the host and the device)
+    and :func:`device_batches` turns each batch into pixels in [0, 1] on the device, the same
+    arithmetic as :func:`xpcnn.data.prepare_images`.
     """
     if not isinstance(x, np.ndarray):
         raise InputError(f"x must be a NumPy array on the host. Received {type(x).__module__}.{type(x).__name__}.")
@@ -44,12 +44,13 @@ def check_inputs(model, x, y):
             f"Model '{model.name}' expects inputs of shape (N, {', '.join(map(str, want))}). "
             f"Received x.shape={tuple(x.shape)}."
         )
-    if x.dtype.kind in "iu" and x.dtype != np.uint8:  # integer images are pixels, as in prepare_images
+    pixels = x.dtype.kind in "iu" and len(want) == 3  # integer images (N, C, H, W) are pixels
+    if pixels and x.dtype != np.uint8:  # as in prepare_images
         if x.size and (x.min() < 0 or x.max() > 255):
             raise InputError(f"Integer images must hold pixels in 0..255. Received {x.dtype} values from "
                              f"{x.min()} to {x.max()}; pass floats to use other values as they are.")
         x = x.astype(np.uint8)
-    x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else model.dtype)
+    x = np.ascontiguousarray(x, dtype=np.uint8 if pixels else model.dtype)  # integer features: numbers
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise InputError(f"x contains {bad} NaN or infinite values. Expected finite numbers.")
