@@ -133,6 +133,7 @@ def test_console_script_and_module_entry_points(tmp_path):
         (["train", "--learning-rate", "nan"], "expected a finite positive number, received 'nan'"),
         (["train", "--train-size", "many"], "expected a positive integer, received 'many'"),
         (["train", "--seed", "-1"], "expected a non-negative integer, received '-1'"),
+        (["train", "--resume", "--overwrite"], "not allowed with argument"),
         (["summary"], "one of the arguments --preset --checkpoint is required"),
         (["predict", "--checkpoint", "x.npz"], "the following arguments are required: IMAGE"),
         ([], "the following arguments are required: COMMAND"),

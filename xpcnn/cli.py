@@ -52,8 +52,9 @@ def build_parser():
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--checkpoint", type=path_arg, default=None,
                    help="checkpoint file, saved atomically after every epoch")
-    t.add_argument("--resume", action="store_true", help="continue from --checkpoint (its epoch, weights, optimizer)")
-    t.add_argument("--overwrite", action="store_true", help="start a new run even though --checkpoint exists")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue --checkpoint (its epoch, weights, optimizer)")
+    again.add_argument("--overwrite", action="store_true", help="start a new run even though --checkpoint exists")
     t.add_argument("--metrics-out", type=path_arg, default=None, help="JSON lines file: one object per epoch")
     t.add_argument("--plots", type=path_arg, default=None, metavar="DIR",
                    help="write curves, filters and feature maps here")
