@@ -39,7 +39,7 @@ def _no_env_device(monkeypatch):
 # -------------------------------------------------------------------------------- success
 def test_info_and_version(capsys):
     code, out, _ = run(["info"], capsys)
-    assert code == 0 and "xpcnn 0.1.0" in out and "NumPy" in out and "Devices: cpu" in out
+    assert code == 0 and f"xpcnn {xpcnn.__version__}" in out and "NumPy" in out and "Devices: cpu" in out
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0
@@ -332,7 +332,7 @@ def test_a_saved_checkpoint_is_never_replaced_by_accident(capsys, tmp_path, tiny
     assert run(base, capsys)[0] == 0
     before = ckpt.read_bytes()
     code, _, err = run(base, capsys)
-    assert code == 2 and "already holds a checkpoint" in err and "--resume" in err and "--overwrite" in err
+    assert code == 2 and "holds a checkpoint already" in err and "--resume" in err and "--overwrite" in err
     assert ckpt.read_bytes() == before
     assert run([*base, "--overwrite", "--seed", 3], capsys)[0] == 0 and ckpt.read_bytes() != before
 
@@ -373,9 +373,30 @@ def test_resume_with_an_unreadable_metrics_file_is_a_clear_error(capsys, tmp_pat
     assert code == 2 and str(metrics) in err and "JSON-lines" in err and ckpt.read_bytes() == before
 
 
-def test_a_bad_plots_folder_fails_before_training(capsys, tmp_path, tiny_data_dir):
+def test_a_bad_plots_folder_fails_before_training(capsys, tmp_path, tiny_data_dir, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before --plots was checked")
+
+    monkeypatch.setattr(xpcnn.Sequential, "fit", no_training)
     afile = tmp_path / "afile"
     afile.write_text("x")
     for plots, message in ((afile, "is a file; expected a folder"), (tmp_path / "no" / "such", "does not exist")):
-        code, out, err = run(train_args(tiny_data_dir, tmp_path, "--plots", plots), capsys)
-        assert code == 2 and message in err and "Epoch" not in out + err
+        code, _, err = run(train_args(tiny_data_dir, tmp_path, "--plots", plots), capsys)
+        assert code == 2 and message in err
+
+
+def test_resume_names_a_fallback_only_when_there_was_one(capsys, tmp_path, tiny_data_dir, monkeypatch):
+    """A healthy PATH given as ./x is not 'damaged'; a damaged PATH is set aside as PATH.damaged, so
+    the next save cannot move it over the good PATH.prev."""
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--preset", "tutorial", "--data-dir", tiny_data_dir, "--quiet", "--train-size", 50,
+            "--test-size", 20, "--checkpoint", "./ck.npz"]
+    assert run([*base, "--epochs", 2], capsys)[0] == 0
+    code, out, _ = run([*base, "--epochs", 3, "--resume"], capsys)
+    assert code == 0 and "Resuming from ck.npz after epoch 2." in out and "damaged" not in out
+    good_prev = (tmp_path / "ck.npz.prev").read_bytes()  # epoch 2
+    (tmp_path / "ck.npz").write_bytes(b"not a checkpoint")
+    code, out, _ = run([*base, "--epochs", 3, "--resume"], capsys)
+    assert code == 0 and "ck.npz is damaged, kept as ck.npz.damaged" in out
+    assert (tmp_path / "ck.npz.damaged").read_bytes() == b"not a checkpoint"
+    assert (tmp_path / "ck.npz.prev").read_bytes() == good_prev and xpcnn.load(tmp_path / "ck.npz").epoch == 3

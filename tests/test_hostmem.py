@@ -31,7 +31,8 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _run(mode, **env):
     out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True,
-                         env={**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **env})
+                         env={**{k: v for k, v in os.environ.items()
+                                 if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}, **env})
     tuned, faults = out.stdout.split()
     return tuned, int(faults)
 
@@ -40,11 +41,13 @@ def test_tuned_malloc_stops_refaulting_step_temporaries():
     _, plain = _run("plain")
     tuned, faults = _run("tune")
     assert tuned == "True"
-    assert plain > 10_000  # glibc defaults: the trimmed heap is faulted back in (~50,000 pages here)
+    if plain < 5_000:  # glibc's defaults vary by version and tunables; here ~50,000 pages
+        pytest.skip(f"this glibc kept the memory by itself ({plain} faults): nothing to compare")
     assert faults < plain / 20, (faults, plain)
 
 
-@pytest.mark.parametrize("env", [{"XPCNN_KEEP_HOST_MEMORY": "0"}, {"MALLOC_TRIM_THRESHOLD_": "131072"}])
+@pytest.mark.parametrize("env", [{"XPCNN_KEEP_HOST_MEMORY": "0"}, {"MALLOC_TRIM_THRESHOLD_": "131072"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}])
 def test_the_user_can_keep_malloc_as_it_is(env):
     tuned, _ = _run("tune", **env)
     assert tuned == "False"

@@ -276,3 +276,9 @@ def test_frame_filling_pictures_are_only_resized(tmp_path, rng):
     for name in ("dark", "light"):
         x = load_image(tmp_path / f"{name}.png", (1, 28, 28), dtype="float64", center=False)
         np.testing.assert_array_equal(x[0, 0], img / 255.0)
+    # A dim photo: grey paper (180) instead of white. The paper becomes black again and the
+    # garment keeps its shading (within the rounding of the stretch).
+    Image.fromarray((180 - img.astype(np.int64) * 180 // 255).astype(np.uint8)).save(tmp_path / "dim.png")
+    x = load_image(tmp_path / "dim.png", (1, 28, 28), dtype="float64", center=False)[0, 0]
+    assert x[img == 0].max() == 0.0
+    np.testing.assert_allclose(x, img / 255.0, atol=2 / 255)

@@ -298,3 +298,28 @@ def test_integer_features_of_a_dense_model_are_numbers(case):
     model = xpcnn.Sequential([L.Dense(1)], input_shape=(3,), device=case.backend, dtype=case.dtype)
     counts = np.array([[0, 1, 300]], dtype=np.int64)
     np.testing.assert_allclose(model.predict(counts), model.predict(counts.astype(case.dtype)), rtol=1e-6)
+
+
+def test_fit_keeps_freed_host_memory_on_numpy(monkeypatch, rng):
+    import xpcnn.training
+
+    calls = []
+    monkeypatch.setattr(xpcnn.training, "keep_freed_host_memory", lambda: calls.append(1))
+    x, y = toy_data(rng, 16)
+    model = xpcnn.Sequential([L.Flatten(), L.Dense(3)], input_shape=(1, 8, 8), device="cpu")
+    model.compile("sgd", loss="softmax_cross_entropy").fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert calls == [1]
+
+
+def test_only_allocation_failures_count_as_out_of_memory():
+    from xpcnn.backend import is_out_of_memory
+
+    class OutOfMemoryError(Exception):
+        pass
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    assert is_out_of_memory(MemoryError()) and is_out_of_memory(OutOfMemoryError("out of memory"))
+    assert is_out_of_memory(CUDARuntimeError("cudaErrorMemoryAllocation: out of memory"))
+    assert not is_out_of_memory(CUDARuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered"))

@@ -235,11 +235,10 @@ def move(x, backend: Backend):
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is a device or host out-of-memory error."""
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
-    return type(exc).__name__ in {"OutOfMemoryError", "CUDARuntimeError"} and "memory" in str(
-        exc
-    ).lower()
+    # Not "an illegal memory access": that CUDA error is sticky, nothing to fall back from.
+    return type(exc).__name__ == "CUDARuntimeError" and "cudaErrorMemoryAllocation" in str(exc)
 
 
 # ---------------------------------------------------------------- multi-process GPU plumbing

@@ -133,16 +133,17 @@ def train(args):
 
         require_matplotlib()  # a missing 'plots' extra is a clear error before the folder is made
     backend = get_backend(args.device) if comm is None else comm.backend
-    _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype, train_size, test_size, args.quiet)
-
     fresh = build_model(preset, device=backend, dtype=args.dtype, seed=0 if args.seed is None else args.seed)
     main_rank = comm is None or comm.rank == 0
     # PATH.prev alone is what a crash between the two renames of a save leaves: resume from it.
-    saved_before = args.checkpoint and (Path(args.checkpoint).exists() or previous_path(args.checkpoint).exists())
-    if saved_before and not args.resume and not args.overwrite:
-        raise InputError(f"{args.checkpoint} already holds a checkpoint. Add --resume to continue it, or "
+    found = [] if not args.checkpoint else \
+        [p for p in (Path(args.checkpoint), previous_path(args.checkpoint)) if p.exists()]
+    if comm is not None:  # every rank decides alike (a rank-local disk could differ)
+        comm.check_same(len(found), "how many of --checkpoint and its .prev exist")
+    if found and not args.resume and not args.overwrite:
+        raise InputError(f"{found[0]} holds a checkpoint already. Add --resume to continue it, or "
                          "--overwrite to train a new model in its place (the old one is lost after two epochs).")
-    if args.resume and saved_before:
+    if args.resume and found:
         model = load_model(args.checkpoint, device=backend, fallback=True, expected_arch=fresh.get_config())
         if model.dtype != args.dtype:
             raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
@@ -151,9 +152,16 @@ def train(args):
             model.optimizer.learning_rate = args.learning_rate
         if args.lr_decay:
             model.optimizer.epoch_decay = args.lr_decay
+        fell_back = Path(model.checkpoint_path) == previous_path(args.checkpoint)
+        why = ""
+        if fell_back and Path(args.checkpoint).exists() and main_rank:
+            # Damaged: set it aside, or the next save would move it over the good .prev.
+            damaged = Path(args.checkpoint).with_name(Path(args.checkpoint).name + ".damaged")
+            os.replace(args.checkpoint, damaged)
+            why = f" ({args.checkpoint} is damaged, kept as {damaged.name}; its previous version is intact)"
+        elif fell_back:
+            why = f" ({args.checkpoint} is missing; its previous version is intact)"
         if main_rank:
-            why = "" if str(model.checkpoint_path) == str(args.checkpoint) else \
-                f" ({args.checkpoint} is missing or damaged; its previous version is intact)"
             print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}{why}.", flush=True)
     else:
         if args.resume:
@@ -162,6 +170,7 @@ def train(args):
         opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"],
                              args.lr_decay or preset.get("lr_decay", 1.0))
         model.compile(opt, loss=preset["loss"])
+    _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype, train_size, test_size, args.quiet)
     if comm is not None:
         comm.check_same(model.epoch, "the epoch to start from (each rank reads --checkpoint itself)")
         model.comm = comm
@@ -284,11 +293,13 @@ def predict(args):
     names = CLASS_NAMES.get(dataset, ())
     centre = dataset == "mnist"
     x = load_images(args.images, tuple(model.input_shape), dtype=model.dtype, center=centre)
+    batch = 256
     if any(type(layer).__name__ == "BatchStandardize" for layer in model.layers):
+        batch = len(x)  # one batch: every image is standardized with all the others given
         print(f"note: this network standardizes over the batch (as the tutorial's code does), so each "
               f"image's result depends on the other {len(x) - 1} given with it"
               + (" — with one image the output is always 0.5." if len(x) == 1 else "."), file=sys.stderr)
-    out = model.predict(x).astype(np.float64)  # host array: the rest is presentation
+    out = model.predict(x, batch_size=batch).astype(np.float64)  # host array: the rest is presentation
     task = extra.get("task", "classes")
     for path, row in zip(args.images, out):
         if task == "greater_than_4":

@@ -324,7 +324,7 @@ def _find(name, folder, *, cache):
         return None, "does not exist"
     notes = []
     for place in places:
-        where = "" if place == folder else f" in {place.name}/"
+        where = "" if place == folder else f" in {place.name}{'' if place.suffix == '.npz' else '/'}"
         if place.suffix == ".npz":
             if not place.is_file():
                 notes.append(f"no {place.name}")

@@ -366,10 +366,10 @@ def init(backend=None, timeout=None):
         local.Free()
         try:
             count = gpu_count()
+            if count > 0:
+                use_gpu(local_rank % count)
         except Exception:  # DeviceError (no CuPy) or a CUDA error: get_backend("gpu") explains it
             count = 0
-        if count > 0:
-            use_gpu(local_rank % count)
         if name == "auto":
             name = "gpu" if count > 0 and gpu_problem() is None else "cpu"
     if name == "gpu":

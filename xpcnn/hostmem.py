@@ -9,11 +9,12 @@ with the thresholds below; the arithmetic is the same, only page faults go.
 
 :func:`keep_freed_host_memory` sets two of glibc's documented ``mallopt`` thresholds (the same
 ones the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables set):
-blocks up to 32 MiB come from the heap, and up to 1 GiB of free heap is kept for reuse instead of
-being returned. Peak memory does not grow (the peak is reached inside a step either way); memory
-freed after training stays with the process until it exits. ``Sequential.fit`` calls it on the
-CPU backend; ``XPCNN_KEEP_HOST_MEMORY=0`` (or either ``MALLOC_*`` variable set by the user)
-leaves malloc as it is. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
+blocks up to 32 MiB come from the heap, and up to 1 GiB of free heap is kept for reuse instead
+of being returned. Peak memory does not grow (the peak is reached inside a step either way);
+memory freed after training stays with the process until it exits. ``Sequential.fit`` calls it
+on the CPU backend; ``XPCNN_KEEP_HOST_MEMORY=0`` (or either ``MALLOC_*`` variable, or a
+``glibc.malloc.*`` entry in ``GLIBC_TUNABLES``, set by the user) leaves malloc as it is.
+Elsewhere than glibc (macOS, Windows, musl) it does nothing.
 
 Examples
 --------
@@ -45,7 +46,8 @@ def keep_freed_host_memory() -> bool:
     _done = False
     if os.environ.get("XPCNN_KEEP_HOST_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return _done
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    if ("MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         return _done  # the user chose; glibc has read their values at start-up
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt

@@ -52,6 +52,7 @@ UNEVEN_BORDER = 24.0    # gray levels between the border's 10th and 90th percent
 STROKE = 2.5           # MNIST's median stroke width, pixels, in its 20-px box
 MID = 4                # big pictures are first shrunk to MID x the result, where strokes are measured
 BLANK_CONTRAST = 8.0    # gray levels (of 255) between background and brightest ink below which there is no ink
+FRAME_PAPER = 8.0       # gray levels: a frame-filling picture's background above this is pulled down to 0
 EXPECTED = "a PNG or JPEG image"
 
 
@@ -140,9 +141,10 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
     """Gray levels (H, W) 0..255, any size -> an MNIST-like (height, width) float64 image in [0, 1].
 
     ``invert=None`` inverts when the border's median is light (> 127). ``center=False`` is for
-    pictures that fill the frame, like Fashion-MNIST: after the inversion they are only resized —
-    no lighting correction, contrast stretch, crop or centring, which would change a garment that
-    touches the border (a Fashion-MNIST test image comes back exactly as it was).
+    pictures that fill the frame, like Fashion-MNIST: after the inversion a grey background is
+    pulled down to black and the picture resized — no lighting correction, contrast stretch, crop
+    or centring, which would change a garment that touches the border (a Fashion-MNIST test image
+    comes back exactly as it was).
     """
     Image, _ = _pillow()
     g = np.asarray(gray, dtype=np.float64)
@@ -152,6 +154,12 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
     if invert:
         g, border = 255.0 - g, 255.0 - border
     if not center:
+        # Paper that is grey after the inversion (a dim photo) becomes black, as the dataset's
+        # background is; its darkest border tenth is the paper even where the object touches the
+        # frame. A dataset image (black background) is left exactly as it is.
+        paper = float(np.percentile(border, 10))
+        if paper > FRAME_PAPER:
+            g = np.clip((g - paper) * (255.0 / (255.0 - paper)), 0.0, 255.0)
         return np.clip(_resize(g, size, Image), 0.0, 255.0) / 255.0
     if np.percentile(border, 90) - np.percentile(border, 10) > UNEVEN_BORDER:
         g = _flatten_lighting(g, Image)

@@ -265,7 +265,7 @@ def main(argv=None):
         parser.error(f"--json-out {args.json_out}: expected a file in an existing, writable folder")
     threads = args.threads or sorted({1, cores})
     repeats = 3 if args.quick else args.repeats
-    data_dir = args.data_dir or os.environ.get("XPCNN_DATA_DIR")
+    data_dir = args.data_dir  # None: the workers' load_dataset looks in XPCNN_DATA_DIR, then the Keras cache
     notes = []
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
         notes.append("OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set: NumPy's BLAS may not use this CPU's own kernels")
