@@ -294,3 +294,16 @@ def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
     with pytest.raises(InputError, match=r"pip install 'xpcnn\[mpi\]'.*mpirun -n K"):
         dist._mpi()
+
+
+@needs_mpiexec
+def test_distributed_run_refuses_an_existing_checkpoint_and_overwrites_on_request(runs, tiny_data_dir, tmp_path):
+    ckpt = tmp_path / "run.npz"
+    ckpt.write_bytes(runs(2, "sgd").read_bytes())
+    before = ckpt.read_bytes()
+    done = subprocess.run(_train(tiny_data_dir, ckpt, ranks=2, epochs=1), env=_env(), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "holds a checkpoint already" in done.stderr and "Traceback" not in done.stderr
+    assert ckpt.read_bytes() == before
+    _run(_train(tiny_data_dir, ckpt, ranks=2, epochs=1, extra=("--overwrite",)))
+    assert load_checkpoint(ckpt)[0]["epoch"] == 1
