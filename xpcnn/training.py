@@ -103,8 +103,12 @@ def stage(model, x, y, device_data_bytes=2**31):
     return Staged(x, y, False, pixels)
 
 
-def device_batches(model, data: Staged, batch_size, order=None):
-    """Yield device batches of ``data`` in ``order`` (an index array; None: as stored)."""
+def device_batches(model, data: Staged, batch_size, order=None, shard=None):
+    """Yield device batches of ``data`` in ``order`` (an index array; None: as stored).
+
+    ``shard(nb) -> (lo, hi)`` keeps rows lo:hi of each batch of nb (data parallelism), before any
+    transfer or conversion: each rank moves and converts only its own share.
+    """
     be = model.backend
     n = data.x.shape[0]
     if order is not None and np.array_equal(order, np.arange(n)):
@@ -121,6 +125,9 @@ def device_batches(model, data: Staged, batch_size, order=None):
         else:
             sel = order[start:stop]
             xb, yb = data.x[sel], None if data.y is None else data.y[sel]
+        if shard is not None:
+            lo, hi = shard(stop - start)
+            xb, yb = xb[lo:hi, ...], None if yb is None else yb[lo:hi, ...]
         if not data.on_device:
             xb, yb = be.asarray(xb), None if yb is None else be.asarray(yb)
         if data.pixels:
@@ -165,12 +172,10 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
                    leave=True, dynamic_ncols=True)
         start = last = time.perf_counter()
         seen = seen_here = shown = 0
-        for step, (xb, yb) in enumerate(device_batches(model, train_data, batch_size, order)):
+        shard = None if comm is None else comm.shard
+        for step, (xb, yb) in enumerate(device_batches(model, train_data, batch_size, order, shard)):
             model.reseed_dropout(seed, epoch, step)
-            nb = xb.shape[0]
-            if comm is not None:
-                lo, hi = comm.shard(nb)
-                xb, yb = xb[lo:hi, ...], yb[lo:hi, ...]
+            nb = min(batch_size, n - step * batch_size)  # the global batch; xb is this rank's share
             loss, acc = model.train_step(xb, yb, global_batch=nb)
             local = xb.shape[0]
             losses[step] = loss * local
