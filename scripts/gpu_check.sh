@@ -15,8 +15,7 @@
 #
 # Preparing a run with the device tool (its H200 image has CuPy 14, NumPy, pytest, pytest-xdist,
 # hypothesis, Pillow, matplotlib, tqdm and PyTorch, but not array-api-compat/-strict): here, in
-# the repository,
-#   echo /.whl/ >> .git/info/exclude; echo /.data/ >> .git/info/exclude
+# the repository (.whl/ and .data/ are git-ignored),
 #   mkdir -p .data && cp -r ../shared/data/mnist .data/
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
