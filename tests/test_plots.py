@@ -112,3 +112,11 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed, even if imported before
     with pytest.raises(InputError, match=r"pip install 'xpcnn\[plots\]'"):
         plots.plot_history(HISTORY, tmp_path / "h.png")
+
+
+def test_a_one_unit_output_is_shown_as_two_classes():
+    from xpcnn.plots import _probabilities
+
+    np.testing.assert_allclose(_probabilities(np.array([0.8])), [0.2, 0.8])  # a sigmoid's output
+    np.testing.assert_allclose(_probabilities(np.array([2.0])), [1 / (1 + np.e**2), 1 / (1 + np.e**-2)])  # a logit
+    np.testing.assert_allclose(_probabilities(np.array([1.0, 1.0])), [0.5, 0.5])

@@ -204,7 +204,7 @@ def train(args):
                   verbose=0 if args.quiet else 1, callbacks=[after_epoch])
     total = time.perf_counter() - start
     if plots is not None:
-        _plots_after(model, plots, xt, CLASS_NAMES[dataset] if preset["task"] == "classes" else None)
+        _plots_after(model, plots, xt, CLASS_NAMES[dataset] if preset["task"] == "classes" else ("<= 4", "> 4"))
     h = model.history
     acc = h.get("val_accuracy", [float("nan")])[-1] if h else float("nan")
     train_acc = h.get("accuracy", [float("nan")])[-1] if h else float("nan")

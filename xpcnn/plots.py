@@ -235,8 +235,12 @@ def plot_before_after_filters(before, after, path, title="", *, cmap="gray", max
 
 
 def _probabilities(out):
-    """Class probabilities from a model output row (softmax unless it already sums to 1)."""
+    """Class probabilities from a model output row (softmax unless it already sums to 1; one
+    output is p of the second class: a sigmoid's value, or the sigmoid of a logit)."""
     out = np.asarray(out, dtype=np.float64).ravel()
+    if out.size == 1:
+        p = float(out[0]) if 0.0 <= out[0] <= 1.0 else 1.0 / (1.0 + np.exp(-float(out[0])))
+        return np.array([1.0 - p, p])
     if out.min() >= 0 and abs(out.sum() - 1) < 1e-3:
         return out
     e = np.exp(out - out.max())
@@ -285,7 +289,8 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
     max_maps : int
         Feature maps shown per layer (the first ones).
     class_names : list of str, optional
-        Names of the output classes (default: their indices).
+        Names of the output classes (default: their indices). A one-unit output is drawn as two
+        classes, p and 1 - p: give two names (e.g. ``["<= 4", "> 4"]``) to show it.
     """
     _positive(max_maps=max_maps)
     inp, sections, out = feature_maps(model, image)
@@ -299,12 +304,12 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
     a_in.set_title(f"input {inp.shape[1]}x{inp.shape[2]}")
     a_in.set_xticks([])
     a_in.set_yticks([])
-    if out.ndim == 1 and out.size > 1:
+    if out.ndim == 1 and (out.size > 1 or (class_names is not None and len(class_names) == 2)):
         p = _probabilities(out)
         names = class_names or [str(i) for i in range(p.size)]
         best = int(p.argmax())
         a_out.bar(range(p.size), p, color=["tab:orange" if i == best else "tab:blue" for i in range(p.size)])
-        long = max(len(n) for n in names) > 2
+        long = max(len(n) for n in names) > 4
         a_out.set_xticks(range(p.size), names, fontsize=8, rotation=40 if long else 0, ha="right" if long else "center")
         a_out.set_ylim(0, 1)
         a_out.set_ylabel("probability")
