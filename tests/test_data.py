@@ -427,8 +427,14 @@ def test_download_with_wrong_sha256_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setitem(data.SHA256, "mnist", {"mnist.npz": "0" * 64})
     with pytest.raises(DataError, match=r"SHA-256 .*expected 0000"):
         load_dataset("mnist", progress=False)
-    cache = tmp_path / "keras_home" / "datasets"
-    assert os.listdir(cache) == []
+    assert not (tmp_path / "keras_home").exists()  # not even the cache folders it would have made
+
+
+def test_a_failed_download_keeps_folders_that_were_there(tmp_path, monkeypatch):
+    (tmp_path / "keras_home" / "datasets").mkdir(parents=True)
+    with pytest.raises(DataError, match="download from"):
+        load_dataset("fashion-mnist", progress=False)  # the origin in the autouse fixture does not exist
+    assert os.listdir(tmp_path / "keras_home" / "datasets") == []
 
 
 def test_no_data_error_lists_every_place(tmp_path, monkeypatch):

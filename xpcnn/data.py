@@ -353,6 +353,7 @@ def _download(name, cache, progress):
         if target.is_file():
             continue
         url = origin + target.name
+        made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         try:
@@ -374,6 +375,12 @@ def _download(name, cache, progress):
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if not target.exists():  # a failed download leaves no empty cache folders behind
+                for folder in made:
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
 
 
 def load_dataset(name="mnist", data_dir=None, *, download=True, progress=True) -> Dataset:
