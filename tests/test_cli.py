@@ -400,3 +400,13 @@ def test_resume_names_a_fallback_only_when_there_was_one(capsys, tmp_path, tiny_
     assert code == 0 and "ck.npz is damaged, kept as ck.npz.damaged" in out
     assert (tmp_path / "ck.npz.damaged").read_bytes() == b"not a checkpoint"
     assert (tmp_path / "ck.npz.prev").read_bytes() == good_prev and xpcnn.load(tmp_path / "ck.npz").epoch == 3
+
+
+def test_predict_says_when_an_image_is_blank(capsys, tmp_path, tiny_data_dir):
+    from PIL import Image
+
+    ckpt = tmp_path / "c.npz"
+    assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--checkpoint", ckpt), capsys)[0] == 0
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "white.png")
+    code, out, err = run(["predict", "--checkpoint", ckpt, tmp_path / "white.png"], capsys)
+    assert code == 0 and "white.png looks blank" in err and "white.png: class" in out

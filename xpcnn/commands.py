@@ -293,6 +293,9 @@ def predict(args):
     names = CLASS_NAMES.get(dataset, ())
     centre = dataset == "mnist"
     x = load_images(args.images, tuple(model.input_shape), dtype=model.dtype, center=centre)
+    for path, image in zip(args.images, x):
+        if float(image.max() - image.min()) < 8 / 255:  # the loader found no ink either
+            print(f"note: {path} looks blank (no contrast); its prediction means nothing.", file=sys.stderr)
     batch = 256
     if any(type(layer).__name__ == "BatchStandardize" for layer in model.layers):
         batch = len(x)  # one batch: every image is standardized with all the others given
