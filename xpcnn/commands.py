@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__, optimizers
 from .backend import cupy_versions, get_backend, gpu_name, gpu_problem
 from .checkpoint import previous_path
-from .data import CLASS_NAMES, load_dataset, prepare_images
+from .data import CLASS_NAMES, load_dataset
 from .errors import InputError
 from .io import load_model
 from .presets import build_model, get_preset, targets
@@ -50,18 +50,11 @@ def _default(value):
     return None if value is None else _Default(value)
 
 
-def _data(dataset_name, data_dir, task, dtype, train_size, test_size, quiet):
-    ds = load_dataset(dataset_name, data_dir, progress=not quiet)
-    n = _subset(train_size, len(ds.x_train), "--train-size")
-    m = _subset(test_size, len(ds.x_test), "--test-size")
-    x, y = _pixels(ds.x_train[:n], dtype), targets(ds.y_train[:n], task)
-    xt, yt = _pixels(ds.x_test[:m], dtype), targets(ds.y_test[:m], task)
-    return ds, (x, y), (xt, yt)
-
-
-def _pixels(images, dtype):
-    """uint8 images stay uint8 (the model scales each batch on the device); others via prepare_images."""
-    return images if images.dtype == np.uint8 else prepare_images(images, dtype)
+def _split(images, labels, wanted, flag, task):
+    """The first ``wanted`` images (uint8, as loaded: the model scales each batch on the device)
+    and their targets for ``task``."""
+    n = _subset(wanted, len(images), flag)
+    return images[:n], targets(labels[:n], task)
 
 
 def _echo(*parts, quiet=False):
@@ -170,7 +163,9 @@ def train(args):
         opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"],
                              args.lr_decay or preset.get("lr_decay", 1.0))
         model.compile(opt, loss=preset["loss"])
-    _, (x, y), (xt, yt) = _data(dataset, args.data_dir, preset["task"], args.dtype, train_size, test_size, args.quiet)
+    ds = load_dataset(dataset, args.data_dir, progress=not args.quiet)
+    x, y = _split(ds.x_train, ds.y_train, train_size, "--train-size", preset["task"])
+    xt, yt = _split(ds.x_test, ds.y_test, test_size, "--test-size", preset["task"])
     if comm is not None:
         comm.check_same(model.epoch, "the epoch to start from (each rank reads --checkpoint itself)")
         model.comm = comm
@@ -274,8 +269,8 @@ def evaluate(args):
     model = load_model(args.checkpoint, device=args.device)
     extra = model.checkpoint_header.get("extra", {})
     dataset = args.dataset or extra.get("dataset", "mnist")
-    _, _, (xt, yt) = _data(dataset, args.data_dir, extra.get("task", "classes"), model.dtype, 1,
-                           args.test_size, True)
+    ds = load_dataset(dataset, args.data_dir, progress=False)
+    xt, yt = _split(ds.x_test, ds.y_test, args.test_size, "--test-size", extra.get("task", "classes"))
     result = model.evaluate(xt, yt, batch_size=args.batch_size)
     print(f"{args.checkpoint}: {dataset} test set ({len(xt)} images) on {model.backend}: "
           f"loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")
