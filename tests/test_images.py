@@ -145,7 +145,7 @@ def test_photo_with_uneven_light_noise_and_a_thin_pen(tmp_path, rng):
     assert _corr(x, ref, slack=2) > 0.8  # stroke widths differ, so the centre of mass may too
 
 
-@pytest.mark.parametrize("value", [0, 255])
+@pytest.mark.parametrize("value", [0, 128, 255])
 def test_blank_image_gives_an_empty_field(value, tmp_path):
     path = save_mnist_png(np.full((50, 40), value, np.uint8), tmp_path / "blank.png")
     x = load_image(path)
