@@ -289,7 +289,7 @@ def predict(args):
     centre = dataset == "mnist"
     x = load_images(args.images, tuple(model.input_shape), dtype=model.dtype, center=centre)
     for path, image in zip(args.images, x):
-        if not image.any():  # the loader found no ink: it gives an empty field
+        if not image.any():  # the loader found a uniform picture: it gives an empty field
             print(f"note: {path} looks blank (no contrast); its prediction means nothing.", file=sys.stderr)
     batch = 256
     if any(type(layer).__name__ == "BatchStandardize" for layer in model.layers):

@@ -16,8 +16,9 @@ mass in a 28x28 field):
    that would end up much thinner than MNIST's is widened on the way);
 6. paste into the target size so the centre of mass sits at the centre.
 
-A blank picture (no ink) gives an empty (all-zero) field. Every failure is a :class:`~xpcnn.errors.DataError`
-that names the file, what was found and what was expected.
+A uniform picture gives an empty (all-zero) field; one without ink is only resized. Every
+failure is a :class:`~xpcnn.errors.DataError` that names the file, what was found and what was
+expected.
 
 Examples
 --------
@@ -153,9 +154,9 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
         invert = bool(np.median(border) > 127)
     if invert:
         g, border = 255.0 - g, 255.0 - border
+    if float(g.max() - g.min()) < BLANK_CONTRAST:  # a uniform picture: nothing in it, an empty field
+        return np.zeros(size)
     if not center:
-        if float(g.max() - g.min()) < BLANK_CONTRAST:  # a uniform picture: nothing in it
-            return np.zeros(size)
         # Paper that is grey after the inversion (a dim photo) becomes black, as the dataset's
         # background is; its darkest border tenth is the paper even where the object touches the
         # frame. A dataset image (black background) is left exactly as it is.
@@ -167,8 +168,8 @@ def mnist_normalize(gray: np.ndarray, size=(28, 28), *, invert=None, center=True
         g = _flatten_lighting(g, Image)
         border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     background, top = float(np.median(border)), float(g.max())
-    if top - background < BLANK_CONTRAST:  # no ink: an empty field, as MNIST's background is
-        return np.zeros(size)
+    if top - background < BLANK_CONTRAST:  # no ink brighter than the paper: nothing to crop or centre
+        return np.clip(_resize(g, size, Image), 0, 255) / 255.0
     ink = np.clip((g - background) / (top - background), 0.0, 1.0)
     ink[ink < INK_THRESHOLD / 2] = 0.0  # paper texture and JPEG noise are not ink
     y0, y1, x0, x1 = _ink_box(ink, Image)
