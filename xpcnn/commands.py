@@ -98,14 +98,7 @@ def train(args):
     preset = get_preset(args.preset)
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
-    # A resumed run keeps the data and batching it was started with unless told otherwise,
-    # so that it continues exactly where the interrupted run would have gone.
-    saved = _saved_options(args.checkpoint) if args.resume else {}
-    dataset = args.dataset or saved.get("dataset") or preset["dataset"]
     epochs = args.epochs or preset["epochs"]
-    batch_size = args.batch_size or saved.get("batch_size") or preset["batch_size"]
-    train_size = args.train_size or saved.get("train_size") or _default(preset["train_size"])
-    test_size = args.test_size or saved.get("test_size") or _default(preset["test_size"])
     comm = None
     if args.distributed:
         from .distributed import init
@@ -163,6 +156,13 @@ def train(args):
         opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"],
                              args.lr_decay or preset.get("lr_decay", 1.0))
         model.compile(opt, loss=preset["loss"])
+    # A resumed run keeps the data and batching it was started with unless told otherwise,
+    # so that it continues exactly where the interrupted run would have gone.
+    saved = model.checkpoint_header.get("extra", {}) if model is not fresh else {}
+    dataset = args.dataset or saved.get("dataset") or preset["dataset"]
+    batch_size = args.batch_size or saved.get("batch_size") or preset["batch_size"]
+    train_size = args.train_size or saved.get("train_size") or _default(preset["train_size"])
+    test_size = args.test_size or saved.get("test_size") or _default(preset["test_size"])
     ds = load_dataset(dataset, args.data_dir, progress=not args.quiet)
     x, y = _split(ds.x_train, ds.y_train, train_size, "--train-size", preset["task"])
     xt, yt = _split(ds.x_test, ds.y_test, test_size, "--test-size", preset["task"])
@@ -231,19 +231,6 @@ def _check_resume_options(args, model):
         raise InputError(f"{model.checkpoint_path} was trained with --seed {model.seed}; received --seed "
                          f"{args.seed}. --resume continues the saved run (its data order and dropout come from "
                          "that seed): drop --seed, or start a new run.")
-
-
-def _saved_options(checkpoint):
-    """The options a checkpoint was trained with (its header's ``extra``), or {} if unreadable."""
-    from .checkpoint import previous_path, read_header
-
-    for path in (Path(checkpoint), previous_path(checkpoint)):
-        try:
-            if path.exists():
-                return read_header(path).get("extra", {})
-        except InputError:
-            continue
-    return {}
 
 
 def _plot_filters(model, path, title):
