@@ -24,7 +24,7 @@ class Layer:
     # -- building ------------------------------------------------------------------------------
     def build(self, input_shape, backend: Backend, dtype="float32", rng=None):
         self.input_shape, self.backend, self.dtype = tuple(input_shape), backend, str(dtype)
-        self._create_params(np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng)
+        self._create_params(np.random.default_rng(rng))  # a Generator passes through unchanged
         self.built = True
         return self.output_shape(self.input_shape)
 
@@ -67,7 +67,9 @@ class Layer:
     # -- weights and config --------------------------------------------------------------------
     def get_weights(self):
         """Host copies (as Keras): later training never changes what this returned."""
-        return [np.array(to_numpy(self.params[k]), copy=True) for k in self.params]
+        host = [(to_numpy(p), p) for p in self.params.values()]
+        # Off the CPU to_numpy made a fresh array already; only the same or a borrowed one is copied.
+        return [h if h is not p and h.flags.owndata else h.copy() for h, p in host]
 
     def set_weights(self, weights):
         if len(weights) != len(self.params):

@@ -79,7 +79,7 @@ class Sequential:
         self.backend: Backend = get_backend(device)
         self.dtype, self.seed, self.name = dtype, seed, name
         self.input_shape = None
-        self.optimizer, self.loss, self.metrics = None, None, []
+        self.optimizer, self.loss = None, None
         self.epoch = 0  # epochs completed (what resume continues from)
         self.comm = None  # a xpcnn.distributed.Communicator when training data-parallel
         self.history = {}
@@ -158,11 +158,11 @@ class Sequential:
     def compile(self, optimizer="sgd", loss="softmax_cross_entropy", metrics=("accuracy",), learning_rate=None):
         if loss not in F.LOSSES:
             raise InputError(f"Unknown loss {loss!r}. Expected one of {sorted(F.LOSSES)}.")
-        unknown = [m for m in metrics if m != "accuracy"]
+        unknown = [m for m in metrics if m != "accuracy"]  # Keras's argument; accuracy is always reported
         if unknown:
             raise InputError(f"Unknown metrics {unknown}. Expected a subset of ['accuracy'].")
         self.optimizer = optimizers.get(optimizer, learning_rate)
-        self.loss, self.metrics = loss, list(metrics)
+        self.loss = loss
         return self
 
     def _loss_fns(self):
@@ -188,7 +188,7 @@ class Sequential:
             out = self.forward(xb, training=True)
             loss, cache = fwd(out, yb)
             self.backward(bwd(cache))
-            acc = F.accuracy(out, yb, threshold=0.5 if threshold is None else threshold)
+            acc = F.accuracy(out, yb, threshold=threshold)
         if self.comm is not None:
             self.comm.allreduce_gradients(weighted, xb.shape[0] / (global_batch or xb.shape[0]))
         self.optimizer.apply(weighted)

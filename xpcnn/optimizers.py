@@ -100,10 +100,11 @@ class SGD(Optimizer):
             p -= lr * g
             return
         v = self._slot("velocity", key, p)
+        step = lr * g
         v *= self.momentum
-        v -= lr * g
+        v -= step
         if self.nesterov:
-            p += self.momentum * v - lr * g
+            p += self.momentum * v - step
         else:
             p += v
 

@@ -69,7 +69,7 @@ def parity(preset_name, devices, *, steps=100, batch_size=32, dtype="float32", s
     preset = get_preset(preset_name)
     backends = [resolve(d) for d in devices]
     rng = np.random.default_rng(seed)
-    n = max(batch_size * 4, batch_size)
+    n = batch_size * 4
     x = rng.random((n, *preset["input_shape"])).astype(dtype)
     y = targets(rng.integers(0, 10, n), preset["task"])
     if y.dtype.kind == "f":

@@ -111,8 +111,6 @@ def device_batches(model, data: Staged, batch_size, order=None, shard=None):
     """
     be = model.backend
     n = data.x.shape[0]
-    if order is not None and np.array_equal(order, np.arange(n)):
-        order = None
     if data.on_device and order is not None:
         order = be.asarray(order.astype(np.int64))  # one small transfer an epoch
     for start in range(0, n, batch_size):
@@ -143,8 +141,6 @@ def _check_batch_args(batch_size, epochs):
 
 def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, verbose, initial_epoch,
             callbacks, device_data_bytes):
-    from .model import finite_or_raise
-
     _check_batch_args(batch_size, epochs)
     model._loss_fns()
     if model.backend.name == "cpu":
@@ -165,7 +161,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
                    dynamic_ncols=True)
     for epoch in range(initial_epoch, epochs):
         model.optimizer.epoch = epoch  # the learning-rate schedule follows the epoch, also on resume
-        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else None
         losses = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
         hits = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
         bar = tqdm(total=n, unit="img", desc=f"Epoch {epoch + 1}/{epochs}", disable=not verbose or steps == 1,
@@ -187,7 +183,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
             due = (step % 16 == 15) if comm is not None else (now - last > 0.25)
             if due or step == steps - 1:
                 model.backend.synchronize()
-                _check_losses(losses, shown, step, epoch, finite_or_raise, comm)
+                _check_losses(losses, shown, step, epoch, comm)
                 shown = step + 1
                 here = max(seen_here, 1)  # this rank's share: its running loss and accuracy
                 bar.set_postfix(loss=f"{float(xp.sum(losses)) / here:.4f}", acc=f"{float(xp.sum(hits)) / here:.4f}",
@@ -223,7 +219,9 @@ def _sum_over_ranks(comm, values):
     return [float(v) for v in comm.allreduce_sum(np.asarray(values, dtype=np.float64))]
 
 
-def _check_losses(losses, first, last, epoch, finite_or_raise, comm=None):
+def _check_losses(losses, first, last, epoch, comm=None):
+    from .model import finite_or_raise
+
     part = to_numpy(losses[first : last + 1]).astype(np.float64)
     if comm is not None:
         part = comm.allreduce_sum(part)  # NaN on any rank -> NaN everywhere: all ranks stop together
@@ -257,7 +255,7 @@ def _evaluate(model, eval_data, *, batch_size, verbose=0):
     for xb, yb in tqdm(batches, total=steps, disable=not verbose, desc="Evaluate", unit="batch"):
         out = model.forward(xb, training=False)
         loss, _ = fwd(out, yb)
-        acc = F.accuracy(out, yb, threshold=0.5 if threshold is None else threshold)
+        acc = F.accuracy(out, yb, threshold=threshold)
         total_loss = total_loss + loss * xb.shape[0]
         total_hits = total_hits + acc * xb.shape[0]
     total_loss, total_hits = _sum_over_ranks(model.comm, [float(total_loss), float(total_hits)])

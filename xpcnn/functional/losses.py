@@ -24,14 +24,14 @@ from .activations import sigmoid, softmax
 
 
 def _check_pair(op, pred, target):
-    check_same_backend(op, pred, target)
+    xp = check_same_backend(op, pred, target)
     check_float_array(op, "prediction", pred)
     if tuple(pred.shape) != tuple(target.shape):
         raise ShapeError(
             f"{op}: prediction and target shapes differ. Received prediction.shape={tuple(pred.shape)}, "
             f"target.shape={tuple(target.shape)}."
         )
-    return array_namespace(pred)
+    return xp
 
 
 def squared_error_forward(pred, target):
@@ -120,7 +120,7 @@ def accuracy(pred, target, *, threshold=0.5):
 
 
 LOSSES = {
-    # name: (forward, backward, accuracy threshold for a single output)
+    # name: (forward, backward, accuracy threshold for a single output; unused for several)
     "squared_error": (squared_error_forward, squared_error_backward, 0.5),
     "binary_cross_entropy": (binary_cross_entropy_forward, binary_cross_entropy_backward, 0.5),
     "binary_cross_entropy_with_logits": (
@@ -128,5 +128,5 @@ LOSSES = {
         binary_cross_entropy_with_logits_backward,
         0.0,
     ),
-    "softmax_cross_entropy": (softmax_cross_entropy_forward, softmax_cross_entropy_backward, None),
+    "softmax_cross_entropy": (softmax_cross_entropy_forward, softmax_cross_entropy_backward, 0.5),
 }
