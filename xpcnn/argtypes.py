@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+
+from .errors import InputError
 
 
 def _int_at_least(text, minimum, what):
@@ -44,3 +47,14 @@ def path_arg(text):
 def positive_int_list(text):
     """``"1,2"`` -> [1, 2]: comma-separated positive integers."""
     return [positive_int(part.strip()) for part in text.split(",")]
+
+
+def writable_file(path, what):
+    """An output file ``path`` can be written: its folder exists and is writable, it is no folder."""
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"The {what} folder does not exist: {parent}. Create it first.")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"The {what} folder is not writable: {parent}.")
+    if Path(path).is_dir():
+        raise InputError(f"The {what} path is a folder, expected a file: {path}.")

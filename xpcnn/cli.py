@@ -106,7 +106,7 @@ def main(argv=None):
     if argv[:1] == ["bench"]:  # the benchmark has its own options: hand them over untouched
         from .bench import main as bench_main
 
-        return bench_main([a for a in argv[1:] if a != "--"])
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from . import commands

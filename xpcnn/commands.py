@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, optimizers
+from .argtypes import writable_file
 from .backend import cupy_versions, get_backend, gpu_name, gpu_problem
 from .checkpoint import previous_path
 from .data import CLASS_NAMES, load_dataset
@@ -21,16 +22,6 @@ from .presets import build_model, get_preset, targets
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _writable_parent(path, what):
-    parent = Path(path).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"The {what} folder does not exist: {parent}. Create it first.")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"The {what} folder is not writable: {parent}.")
-    if Path(path).is_dir():
-        raise InputError(f"The {what} path is a folder, expected a file: {path}.")
-
-
 def _subset(n_wanted, available, flag):
     """The user's --train-size/--test-size must fit; a preset's default is capped silently."""
     if n_wanted is None:
@@ -110,11 +101,11 @@ def train(args):
             args.quiet, args.metrics_out, args.plots = True, None, None
     for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
         if path:
-            _writable_parent(path, what)
+            writable_file(path, what)
     if args.plots:  # before any training: a picture folder that cannot be made fails now, not after
         if Path(args.plots).exists() and not Path(args.plots).is_dir():
             raise InputError(f"--plots {args.plots} is a file; expected a folder (it is created if missing).")
-        _writable_parent(Path(args.plots) / "history.png" if Path(args.plots).is_dir() else args.plots, "plots")
+        writable_file(Path(args.plots) / "history.png" if Path(args.plots).is_dir() else args.plots, "plots")
         from .plots import require_matplotlib
 
         require_matplotlib()  # a missing 'plots' extra is a clear error before the folder is made
@@ -308,14 +299,10 @@ def summary(args):
         model.summary()
         return 0
     from .checkpoint import read_header
-    from .model import Sequential
+    from .io import model_from_header
 
     header = read_header(args.checkpoint)
-    try:
-        model = Sequential.from_config(header["arch"], device="cpu", dtype=header.get("dtype", "float32"))
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"{args.checkpoint}: the header does not describe an xpcnn model ({exc}).") from None
-    model.summary()
+    model_from_header(header, "cpu", args.checkpoint).summary()
     hist = header.get("history") or {}
     acc = (hist.get("val_accuracy") or [None])[-1]
     print(f"Trained {header.get('epoch', 0)} epochs on {header.get('device')}; loss {header.get('loss')}; "

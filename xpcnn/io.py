@@ -52,15 +52,21 @@ def save_model(model, path, extra=None):
     return save_checkpoint(path, header, arrays)
 
 
-def model_from_checkpoint(header, arrays, device=None, where="checkpoint"):
-    from . import optimizers
+def model_from_header(header, device=None, where="checkpoint"):
+    """The architecture a checkpoint header describes, freshly built (no weights)."""
     from .model import Sequential
 
     try:
-        arch = header["arch"]
-        model = Sequential.from_config(arch, device=device, dtype=header["dtype"], seed=int(header.get("seed", 0)))
+        return Sequential.from_config(header["arch"], device=device, dtype=header["dtype"],
+                                      seed=int(header.get("seed", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: the header does not describe an xpcnn model ({exc}).") from None
+
+
+def model_from_checkpoint(header, arrays, device=None, where="checkpoint"):
+    from . import optimizers
+
+    model = model_from_header(header, device, where)
     weights = []
     for i, layer in enumerate(model.layers):
         for name in layer.params:

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..argtypes import path_arg, positive_float, positive_int, positive_int_list
+from ..argtypes import path_arg, positive_float, positive_int, positive_int_list, writable_file
+from ..errors import InputError
 from ..hostmem import MMAP_THRESHOLD, TRIM_THRESHOLD, keep_freed_host_memory
 from .common import BLAS_ENV, CPU_WORKLOADS, GPU_WORKLOADS, REPO, _note, _row
 from .workers import WORKERS
@@ -119,6 +120,8 @@ def run_p5(params, repeats, threads):
     rows = []
     for r in range(repeats):
         for fw in (("xpcnn", "torch") if r % 2 == 0 else ("torch", "xpcnn")):
+            if peaks[fw] is None:  # failed once (no torch): not started again
+                continue
             try:
                 out = _run_worker("p5", dict(params, framework=fw), threads)
             except RuntimeError as exc:
@@ -260,9 +263,10 @@ def main(argv=None):
     unknown = sorted(set(workloads) - {"P1", "P2", "P3", "P4", "P5"})
     if unknown:
         parser.error(f"--workloads: unknown {', '.join(unknown)}; expected a subset of P1,P2,P3,P4,P5")
-    out = Path(args.json_out).resolve()
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK) or out.is_dir():
-        parser.error(f"--json-out {args.json_out}: expected a file in an existing, writable folder")
+    try:
+        writable_file(args.json_out, "--json-out")
+    except InputError as exc:
+        parser.error(f"--json-out {args.json_out}: expected a file in an existing, writable folder ({exc})")
     threads = args.threads or sorted({1, cores})
     repeats = 3 if args.quick else args.repeats
     data_dir = args.data_dir  # None: the workers' load_dataset looks in XPCNN_DATA_DIR, then the Keras cache
