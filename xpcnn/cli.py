@@ -13,7 +13,7 @@ import warnings
 
 from . import __version__
 from .argtypes import path_arg, positive_float, positive_int, seed_arg
-from .backend import DEVICES, default_device, is_out_of_memory
+from .backend import DEVICES, DTYPES, default_device, is_out_of_memory
 from .data import DATASETS
 from .errors import XpcnnError
 from .presets import PRESETS
@@ -49,7 +49,7 @@ def build_parser():
     t.add_argument("--seed", type=seed_arg, default=None, help="default 0 (a resumed run keeps its own)")
     t.add_argument("--train-size", type=positive_int, help="use the first N training images")
     t.add_argument("--test-size", type=positive_int, help="use the first N test images")
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--dtype", choices=DTYPES, default="float32")
     t.add_argument("--checkpoint", type=path_arg, default=None,
                    help="checkpoint file, saved atomically after every epoch")
     again = t.add_mutually_exclusive_group()
@@ -91,7 +91,7 @@ def build_parser():
     ck.add_argument("--devices", nargs=2, default=["cpu", "gpu"], metavar=("A", "B"))
     ck.add_argument("--steps", type=positive_int, default=100)
     ck.add_argument("--batch-size", type=positive_int, default=32)
-    ck.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ck.add_argument("--dtype", choices=DTYPES, default="float32")
     ck.add_argument("--seed", type=seed_arg, default=0)
     ck.add_argument("--rtol", type=positive_float, default=None, help="default: the dtype's stated bound")
 

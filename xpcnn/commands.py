@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, optimizers
+from . import functional as F
 from .argtypes import writable_file
-from .backend import cupy_versions, get_backend, gpu_name, gpu_problem
+from .backend import DEVICES, cupy_versions, default_device, get_backend, gpu_name, gpu_problem
 from .checkpoint import previous_path
 from .data import CLASS_NAMES, load_dataset
 from .errors import InputError
@@ -276,15 +277,14 @@ def predict(args):
               f"image's result depends on the other {len(x) - 1} given with it"
               + (" — with one image the output is always 0.5." if len(x) == 1 else "."), file=sys.stderr)
     out = model.predict(x, batch_size=batch).astype(np.float64)  # host array: the rest is presentation
+    if model.loss == "softmax_cross_entropy":  # the model outputs logits
+        out = np.asarray(F.softmax(out))
     task = extra.get("task", "classes")
     for path, row in zip(args.images, out):
         if task == "greater_than_4":
             p = float(row[0])
             print(f"{path}: digit {'> 4' if p > 0.5 else '<= 4'} (p(> 4) = {p:.3f})")
             continue
-        if model.loss == "softmax_cross_entropy":  # the model outputs logits
-            row = np.exp(row - row.max())
-            row /= row.sum()
         top = int(np.argmax(row))
         listing = " ".join(f"{k}:{v:.3f}" for k, v in enumerate(row))
         name = "" if dataset == "mnist" or len(names) != len(row) else f" {names[top]!r}"
@@ -374,7 +374,7 @@ def info(args):
     if problem:
         print(f"GPU: not usable: {problem}")
     env_device = os.environ.get("XPCNN_DEVICE")
-    flag = "" if env_device is None or env_device.strip().lower() in ("cpu", "gpu", "auto") else \
+    flag = "" if env_device is None or default_device() in DEVICES else \
         "  <- not a device: expected cpu, gpu or auto"
     print(f"Default device (XPCNN_DEVICE): {env_device if env_device is not None else 'cpu (unset)'}{flag}")
     from .data import keras_cache_dir

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import functional as F
 from . import optimizers
-from .backend import Backend, get_backend, to_numpy
+from .backend import DTYPES, Backend, get_backend, to_numpy
 from .errors import InputError, ShapeError, XpcnnError
 from .layers import Dropout, Layer, from_config
 
@@ -72,7 +72,7 @@ class Sequential:
         if bad:
             raise InputError(f"Sequential takes xpcnn layers. Received {', '.join(bad)}.")
         _unique_names(self.layers)
-        if dtype not in ("float32", "float64"):
+        if dtype not in DTYPES:
             raise InputError(f"The `dtype` argument must be 'float32' or 'float64'. Received dtype={dtype!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise InputError(f"The `seed` argument must be a non-negative int. Received seed={seed!r}")

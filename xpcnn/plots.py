@@ -237,15 +237,15 @@ def plot_before_after_filters(before, after, path, title="", *, cmap="gray", max
 def _probabilities(out):
     """Class probabilities from a model output row (softmax unless it already sums to 1; one
     output is p of the second class: a sigmoid's value, or the sigmoid of a logit)."""
+    from .functional import sigmoid, softmax
+
     out = np.asarray(out, dtype=np.float64).ravel()
     if out.size == 1:
-        p = float(out[0]) if 0.0 <= out[0] <= 1.0 else 1.0 / (1.0 + np.exp(-float(out[0])))
+        p = float(out[0]) if 0.0 <= out[0] <= 1.0 else float(sigmoid(out)[0])
         return np.array([1.0 - p, p])
     if out.min() >= 0 and abs(out.sum() - 1) < 1e-3:
         return out
-    e = np.exp(out - out.max())
-    return e / e.sum()
-
+    return np.asarray(softmax(out))
 
 def feature_maps(model, image):
     """Run one image through ``model`` layer by layer: ``(input, [(label, maps (K, h, w))], output)``.
