@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ARCHIVE_READ_ERRORS, CheckpointError
+from .npy import read_npy_header
 
 FORMAT = "xpcnn-checkpoint"
 FORMAT_VERSION = 1
@@ -329,17 +330,12 @@ def _entries(where, zf):
         if name in entries:
             raise CheckpointError(f"{where}: entry {info.filename!r} appears twice")
         with zf.open(info) as fp:
-            version = np.lib.format.read_magic(fp)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-            else:
-                raise CheckpointError(
-                    f"{where}: entry {info.filename!r} has .npy version {version}")
+            version, shape, dtype = read_npy_header(fp)
+        if dtype is None:
+            raise CheckpointError(f"{where}: entry {info.filename!r} has .npy version {version}")
         if dtype.hasobject:
             raise CheckpointError(f"{where}: {_PICKLE} (entry {name!r})")
-        entries[name] = (info, dtype, tuple(shape))
+        entries[name] = (info, dtype, shape)
     return entries
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import ARCHIVE_READ_ERRORS, DataError, InputError
+from .npy import read_npy_header
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFAULT_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
@@ -233,22 +234,19 @@ def _read_npz_member(zf, key, path):
                         f"{' and encrypted' if info.flag_bits & 0x1 else ''}; expected a plain stored or "
                         "deflated entry, as NumPy writes them.")
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        readers = {(1, 0): np.lib.format.read_array_header_1_0,
-                   (2, 0): np.lib.format.read_array_header_2_0}
-        if version not in readers:
+        version, shape, dtype = read_npy_header(f)
+        if dtype is None:
             raise DataError(f"{path}[{key}] uses .npy format version {version}; "
                             "expected 1.0 or 2.0.")
-        shape, _, dtype = readers[version](f)
-    if dtype.hasobject:
-        raise DataError(f"{path}[{key}] holds Python objects (dtype {dtype}), which only pickle "
-                        "can load; refusing. Expected an integer array.")
-    limit = info.file_size if info.compress_type == zipfile.ZIP_STORED else min(
-        info.file_size, info.compress_size * _DEFLATE_RATIO + 1024)
-    if math.prod(shape) * dtype.itemsize > limit:
-        raise DataError(f"{path}[{key}] header claims shape {shape} of {dtype}, more than its "
-                        f"{info.compress_size}-byte zip entry can hold.")
-    with zf.open(info) as f:
+        if dtype.hasobject:
+            raise DataError(f"{path}[{key}] holds Python objects (dtype {dtype}), which only pickle "
+                            "can load; refusing. Expected an integer array.")
+        limit = info.file_size if info.compress_type == zipfile.ZIP_STORED else min(
+            info.file_size, info.compress_size * _DEFLATE_RATIO + 1024)
+        if math.prod(shape) * dtype.itemsize > limit:
+            raise DataError(f"{path}[{key}] header claims shape {shape} of {dtype}, more than its "
+                            f"{info.compress_size}-byte zip entry can hold.")
+        f.seek(0)  # the header checked, read the array from the same open entry
         return np.lib.format.read_array(f, allow_pickle=False)
 
 
