@@ -343,8 +343,7 @@ def _find(name, folder, *, cache):
     return None, "; ".join(notes)
 
 
-def _download(name, cache, progress):
-    origin = os.environ.get("XPCNN_DATA_ORIGIN") or DEFAULT_ORIGIN
+def _download(name, cache, origin, progress):
     origin += "" if origin.endswith("/") else "/"
     for rel, sha256 in SHA256[name].items():
         target = cache / rel
@@ -417,7 +416,7 @@ def load_dataset(name="mnist", data_dir=None, *, download=True, progress=True) -
     origin = os.environ.get("XPCNN_DATA_ORIGIN") or DEFAULT_ORIGIN
     if download:
         try:
-            _download(name, cache, progress)
+            _download(name, cache, origin, progress)
             dataset, missing = _find(name, cache, cache=True)
             if dataset is not None:
                 return dataset
