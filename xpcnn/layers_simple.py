@@ -8,6 +8,7 @@ from array_api_compat import array_namespace
 from . import functional as F
 from .errors import InputError, ShapeError
 from .functional._checks import pair
+from .functional.pooling import pool_output_size
 from .layer_base import Layer
 
 
@@ -24,10 +25,7 @@ class _Pool(Layer):
             raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. "
                              f"Received {tuple(input_shape)}.")
         c, h, w = input_shape
-        (ph, pw), (sh, sw) = self.pool_size, self.strides
-        if ph > h or pw > w:
-            raise ShapeError(f"Layer '{self.name}': pool_size {self.pool_size} is larger than its input {(h, w)}.")
-        return (c, (h - ph) // sh + 1, (w - pw) // sw + 1)
+        return (c, *pool_output_size((h, w), self.pool_size, self.strides, f"Layer '{self.name}'"))
 
     def _shape_ok(self, shape):
         return shape[0] == self.input_shape[0]

@@ -41,16 +41,19 @@ from ..errors import ShapeError
 from ._checks import check_float_array, pair
 
 
+def pool_output_size(in_hw, pool_size, strides, where):
+    """(OH, OW) of pooling an (H, W) input; ``where`` starts the error message."""
+    (h, w), (ph, pw), (sh, sw) = in_hw, pool_size, strides
+    if ph > h or pw > w:
+        raise ShapeError(f"{where}: pool_size {(ph, pw)} is larger than the input {h}x{w}.")
+    return (h - ph) // sh + 1, (w - pw) // sw + 1
+
+
 def _geometry(op, x, pool_size, strides):
     check_float_array(op, "x", x, ndim=4)
-    ph, pw = pair(pool_size, "pool_size")
-    sh, sw = pair(pool_size if strides is None else strides, "strides")
-    h, w = x.shape[2:]
-    if ph > h or pw > w:
-        raise ShapeError(
-            f"{op}: pool_size {(ph, pw)} is larger than the input {h}x{w}. Received x.shape={tuple(x.shape)}."
-        )
-    return (ph, pw), (sh, sw), ((h - ph) // sh + 1, (w - pw) // sw + 1)
+    pool = pair(pool_size, "pool_size")
+    strides = pair(pool_size if strides is None else strides, "strides")
+    return pool, strides, pool_output_size(tuple(x.shape[2:]), pool, strides, f"{op} (x.shape={tuple(x.shape)})")
 
 
 def _window(i, j, strides, out_hw):
