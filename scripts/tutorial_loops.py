@@ -46,31 +46,29 @@ Run ``python scripts/tutorial_loops.py`` to time it on the 200 images.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
-
-def load_mnist_subset(n_images=200, data_dir=DEFAULT_DATA_DIR):
+def load_mnist_subset(n_images=200, data_dir=None):
     """Return the tutorial's data: the first ``n_images`` training images and binary targets.
 
     Returns
     -------
     images : ndarray, float64, shape (n_images, 28, 28), values in [0, 1]
     targets : ndarray, float64, shape (n_images,), 1.0 where the digit is > 4 else 0.0
+
+    The files are read by xpcnn's checked loader (``data_dir``, else XPCNN_DATA_DIR, else the
+    Keras cache); only the loops below are the tutorial's.
     """
-    data_dir = Path(data_dir)
-    with gzip.open(data_dir / "train-images-idx3-ubyte.gz", "rb") as fh:
-        pixels = np.frombuffer(fh.read(), np.uint8, offset=16)
-    with gzip.open(data_dir / "train-labels-idx1-ubyte.gz", "rb") as fh:
-        labels = np.frombuffer(fh.read(), np.uint8, offset=8)
-    images = pixels.reshape(-1, 28, 28)[:n_images].astype(np.float64) / 255.0
-    targets = (labels[:n_images] > 4).astype(np.float64)
+    from xpcnn.data import load_dataset
+
+    ds = load_dataset("mnist", data_dir, download=False, progress=False)
+    images = ds.x_train[:n_images].astype(np.float64) / 255.0
+    targets = (ds.y_train[:n_images] > 4).astype(np.float64)
     return images, targets
 
 
@@ -231,7 +229,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--standardize", action="store_true",
                         help="reproduce the tutorial code's batch standardisation of Z2")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (default: XPCNN_DATA_DIR, then the Keras cache)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 

@@ -28,14 +28,11 @@ def worker_p1(a):
     import numpy as np
 
     from .. import Sequential, layers
-    from ..data import load_dataset
 
     tutorial = _script("tutorial_loops")
     if tutorial is None:
         return {"rows": [_note("P1", "tutorial loops", f"not measured: {SCRIPTS / 'tutorial_loops.py'} not found")]}
-    ds = load_dataset("mnist", a["data_dir"], download=False, progress=False)
-    images = ds.x_train[:200].astype(np.float64) / 255.0
-    targets = (ds.y_train[:200] > 4).astype(np.float64)
+    images, targets = tutorial.load_mnist_subset(200, a["data_dir"])  # the same data on both sides
     filters, weights = tutorial.init_params(seed=0)
     model = Sequential([layers.Conv2D(3, 5, activation="sigmoid"), layers.Flatten(),
                         layers.Dense(1, activation="sigmoid")], input_shape=(1, 28, 28), device="cpu", seed=0)
