@@ -208,10 +208,11 @@ def plot_filters(kernel, path, title="", *, cmap="gray", max_filters=64, max_cha
 def plot_before_after_filters(before, after, path, title="", *, cmap="gray", max_filters=64,
                               max_channels=16) -> Path:
     """The same kernel before and after training (one shared scale), and the change between them."""
-    if before is after or np.shares_memory(to_numpy(before), to_numpy(after)):
+    host_before, host_after = to_numpy(before), to_numpy(after)  # one device->host copy each
+    if before is after or np.shares_memory(host_before, host_after):
         raise InputError("`before` and `after` are the same array, so nothing changed. Keep a copy of the "
                          "weights before training: before = [w.copy() for w in model.get_weights()].")
-    b, a = _kernel(before, "before"), _kernel(after, "after")
+    b, a = _kernel(host_before, "before"), _kernel(host_after, "after")
     if b.shape != a.shape:
         raise ShapeError(f"`before` and `after` must have the same shape. Received {b.shape} and {a.shape}.")
     _positive(max_filters=max_filters, max_channels=max_channels)
