@@ -233,6 +233,9 @@ def build_parser():
                    help="comma-separated P2 batch sizes (default 32,128,512)")
     p.add_argument("--data-dir", type=path_arg, default=None,
                    help="MNIST folder (default: $XPCNN_DATA_DIR, then the Keras cache)")
+    p.add_argument("--crossover-sizes", type=positive_int_list, default=None,
+                   help="comma-separated batch sizes of P3's GPU-vs-CPU sweep (default 16,32,...,1024; "
+                        "none with --quick)")
     p.add_argument("--p4-lr", type=positive_float, default=4e-3, help="P4 Adam learning rate of epoch 1 (default 4e-3)")
     p.add_argument("--p4-decay", type=positive_float, default=0.4,
                    help="P4 learning-rate factor per epoch (default 0.4)")
@@ -275,6 +278,13 @@ def main(argv=None):
         notes.append("OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set: NumPy's BLAS may not use this CPU's own kernels")
     rows = []
     started = time.perf_counter()
+
+    def write_json():  # after every workload too: a run stopped by a time limit keeps what finished
+        result = {"machine": machine, "args": vars(args), "workloads": workloads, "threads": threads,
+                  "seconds": time.perf_counter() - started, "notes": notes, "rows": rows}
+        Path(args.json_out).write_text(json.dumps(result, indent=2, default=str))
+
+    machine = machine_info()
     for w in workloads:
         t0 = time.perf_counter()
         print(f"[bench] {w} ...", file=sys.stderr, flush=True)
@@ -300,7 +310,8 @@ def main(argv=None):
             elif w == "P3":
                 out = _run_worker("p3", {"data_dir": data_dir, "repeats": repeats,
                                          "batch_sizes": [256] if args.quick else [64, 256, 1024],
-                                         "crossover_sizes": [] if args.quick else [16, 32, 64, 128, 256, 512, 1024],
+                                         "crossover_sizes": args.crossover_sizes or
+                                         ([] if args.quick else [16, 32, 64, 128, 256, 512, 1024]),
                                          "images_per_block": 8192}, cores)
                 rows += out["rows"]
             elif w == "P4":
@@ -315,19 +326,17 @@ def main(argv=None):
         except Exception as exc:  # one broken workload must not hide the others
             rows.append(_note(w, "error", f"not measured: {type(exc).__name__}: {exc}"))
         print(f"[bench] {w} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        write_json()
     if "P3" not in workloads and not args.workloads:  # the full CPU run says why P3 is missing
         from ..backend import gpu_problem
 
         problem = gpu_problem()
         rows.append(_note("P3", "xpcnn cupy vs torch cuda", f"not yet measured: no usable GPU ({problem})"
                           if problem else "not measured: not requested (run with --device gpu)"))
-    result = {"machine": machine_info(), "args": vars(args), "workloads": workloads, "threads": threads,
-              "seconds": time.perf_counter() - started, "notes": notes, "rows": rows}
-    text = format_table(rows)
-    print(text)
+    print(format_table(rows))
     for n in notes:
         print("note:", n)
-    Path(args.json_out).write_text(json.dumps(result, indent=2, default=str))
+    write_json()
     print(f"wrote {args.json_out}")
     failed = [r["workload"] for r in rows if r["name"] == "error"]
     if failed:
