@@ -96,6 +96,20 @@ def test_weights_round_trip_in_keras_order(case, rng):
         layer.set_weights([k.T, b])
 
 
+def test_weights_from_any_backend_cross_to_a_cpu_layer(case, rng):
+    # A GPU model's arrays handed to a CPU layer: NumPy refuses to convert a CuPy array
+    # implicitly, so the crossing must be explicit (to the host, then onto the layer's device).
+    from xpcnn.backend import get_backend
+
+    layer = L.Dense(3)
+    layer.build((4,), get_backend("cpu"), "float32", rng)
+    k, b = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    layer.set_weights([case.asarray(k), case.asarray(b)])
+    assert all(isinstance(p, np.ndarray) for p in layer.params.values())
+    np.testing.assert_allclose(layer.get_weights()[0], k.astype(case.dtype).astype(np.float32))
+    assert get_backend("cpu").owns(get_backend("cpu").asarray(case.asarray(b)))
+
+
 def test_lazy_build_infers_channels_and_checks_later_inputs(case, rng):
     conv = L.Conv2D(4, 3, seed=1)
     conv.forward(case.asarray(rng.standard_normal((2, 3, 6, 6))))

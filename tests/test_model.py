@@ -142,6 +142,19 @@ def test_bad_training_input(case, rng, bad, error, match):
         model.fit(*bad(x, y), verbose=0)
 
 
+def test_device_labels_are_refused_like_device_images(case, rng):
+    # fit takes host data and moves it once; labels already on a device (a CuPy array, which
+    # NumPy will not convert implicitly) get the same clear message as images there.
+    x, y = toy_data(rng)
+    model = small_net(case).compile("sgd", loss="softmax_cross_entropy")
+    if case.backend.name == "cpu":  # NumPy labels are host labels
+        model.fit(x, case.backend.asarray(y), epochs=1, verbose=0)
+    else:
+        with pytest.raises(InputError, match=r"y must be a NumPy array \(or a list\) on the host, like x. Received"):
+            model.fit(x, case.backend.asarray(y), verbose=0)
+    model.fit(x, y.tolist(), epochs=1, verbose=0)  # a list is host data
+
+
 @pytest.mark.parametrize("kw, match", [({"epochs": 0}, "epochs"), ({"batch_size": -1}, "batch_size")])
 def test_bad_fit_arguments(case, rng, kw, match):
     x, y = toy_data(rng)
@@ -323,3 +336,16 @@ def test_only_allocation_failures_count_as_out_of_memory():
     assert is_out_of_memory(MemoryError()) and is_out_of_memory(OutOfMemoryError("out of memory"))
     assert is_out_of_memory(CUDARuntimeError("cudaErrorMemoryAllocation: out of memory"))
     assert not is_out_of_memory(CUDARuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered"))
+
+    # cuBLAS' workspace and the driver's module loads fail with their own classes (CuPy's names)
+    class CUBLASError(RuntimeError):
+        pass
+
+    class CUDADriverError(RuntimeError):
+        pass
+
+    assert is_out_of_memory(CUBLASError("CUBLAS_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(CUDADriverError("CUDA_ERROR_OUT_OF_MEMORY: out of memory"))
+    assert not is_out_of_memory(CUBLASError("CUBLAS_STATUS_EXECUTION_FAILED"))
+    assert not is_out_of_memory(CUDADriverError("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered"))
+    assert not is_out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED"))  # the class counts, not only the text

@@ -29,7 +29,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, is_cupy_array, is_numpy_array
+from array_api_compat import array_namespace, is_array_api_obj, is_cupy_array, is_numpy_array
 from array_api_compat import device as _device_of
 from array_api_compat import to_device as _to_device
 
@@ -62,11 +62,13 @@ class Backend:
         """Move host data (NumPy array, list, scalar) onto this backend in one transfer."""
         if isinstance(dtype, str):
             dtype = getattr(self.xp, dtype)
-        if self.name == "cpu" or not hasattr(a, "__array_namespace__"):
+        # (CuPy arrays have no __array_namespace__: is_array_api_obj knows them anyway.)
+        if isinstance(a, (np.ndarray, np.generic)) if self.name == "cpu" else not is_array_api_obj(a):
             return self.xp.asarray(a, dtype=dtype, device=self.device)
         if self.owns(a):  # already here: no round trip through the host
             return a if dtype is None else self.xp.astype(a, dtype)
-        # An array of another namespace: go through the host, explicitly.
+        # An array of another namespace or device (a CuPy array for the CPU, say): through the
+        # host, explicitly; NumPy itself refuses to convert a CuPy array implicitly.
         return self.xp.asarray(to_numpy(a), dtype=dtype, device=self.device)
 
     def dtype(self, name: str):
@@ -233,12 +235,24 @@ def move(x, backend: Backend):
     return backend.asarray(to_numpy(x))
 
 
+# CUDA library errors that mean "could not allocate" (the class name, the status in its message):
+# the runtime's, the driver's (e.g. loading a kernel module) and cuBLAS' (its workspace).
+_CUDA_ALLOCATION_FAILURES = {"CUDARuntimeError": "cudaErrorMemoryAllocation",
+                             "CUDADriverError": "CUDA_ERROR_OUT_OF_MEMORY",
+                             "CUBLASError": "CUBLAS_STATUS_ALLOC_FAILED"}
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is a device or host out-of-memory error."""
+    """Whether ``exc`` is a device or host out-of-memory error.
+
+    CuPy's memory pool raises ``OutOfMemoryError`` (a ``MemoryError``); the CUDA libraries raise
+    their own error classes, matched here by name and status so that CuPy is never imported.
+    Not "an illegal memory access": that CUDA error is sticky, nothing to fall back from.
+    """
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
-    # Not "an illegal memory access": that CUDA error is sticky, nothing to fall back from.
-    return type(exc).__name__ == "CUDARuntimeError" and "cudaErrorMemoryAllocation" in str(exc)
+    word = _CUDA_ALLOCATION_FAILURES.get(type(exc).__name__)
+    return word is not None and word in str(exc)
 
 
 # ---------------------------------------------------------------- multi-process GPU plumbing

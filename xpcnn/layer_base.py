@@ -75,7 +75,7 @@ class Layer:
         if len(weights) != len(self.params):
             raise InputError(f"Layer '{self.name}' has {len(self.params)} weight arrays. Received {len(weights)}.")
         for key, w in zip(list(self.params), weights):
-            w = np.asarray(w)
+            w = to_numpy(w)  # NumPy, a list, or an array of any backend
             want = tuple(self.params[key].shape)
             if w.shape != want:
                 raise ShapeError(f"Layer '{self.name}': `{key}` must have shape {want}. Received {w.shape}.")

@@ -85,7 +85,7 @@ class Optimizer:
         self.slots = {}
         for full, a in arrays.items():
             slot, key = full.split("/", 1)
-            self.slots.setdefault(slot, {})[key] = backend.asarray(np.asarray(a, dtype=dtype))
+            self.slots.setdefault(slot, {})[key] = backend.asarray(np.asarray(to_numpy(a), dtype=dtype))
 
 
 class SGD(Optimizer):

@@ -15,6 +15,7 @@ import time
 from typing import NamedTuple
 
 import numpy as np
+from array_api_compat import is_array_api_obj
 from tqdm.auto import tqdm
 
 from .backend import is_out_of_memory, to_numpy
@@ -56,6 +57,9 @@ def check_inputs(model, x, y):
         raise InputError(f"x contains {bad} NaN or infinite values. Expected finite numbers.")
     if y is None:
         return x, None
+    if is_array_api_obj(y) and not isinstance(y, np.ndarray):
+        raise InputError(f"y must be a NumPy array (or a list) on the host, like x. Received "
+                         f"{type(y).__module__}.{type(y).__name__}.")
     y = np.asarray(y)
     if y.shape[0] != x.shape[0]:
         raise ShapeError(f"x has {x.shape[0]} samples but y has {y.shape[0]}. Expected the same number.")

@@ -36,7 +36,7 @@ def _check_pair(op, pred, target):
 
 def squared_error_forward(pred, target):
     xp = _check_pair("squared_error", pred, target)
-    diff = pred - xp.astype(target, pred.dtype)
+    diff = pred - xp.astype(target, pred.dtype, copy=False)
     return xp.sum(diff * diff) / (2 * pred.shape[0]), diff
 
 
@@ -49,7 +49,7 @@ def binary_cross_entropy_forward(pred, target, eps=1e-7):
     # minimum/maximum, not clip: array-api-compat's clip for CuPy indexes with boolean masks,
     # which synchronises the device twice a call.
     p = xp.minimum(xp.maximum(pred, eps), 1.0 - eps)
-    t = xp.astype(target, pred.dtype)
+    t = xp.astype(target, pred.dtype, copy=False)
     loss = -xp.sum(t * xp.log(p) + (1.0 - t) * xp.log1p(-p)) / pred.shape[0]
     return loss, (p, t)
 
@@ -61,7 +61,7 @@ def binary_cross_entropy_backward(cache):
 
 def binary_cross_entropy_with_logits_forward(logits, target):
     xp = _check_pair("binary_cross_entropy_with_logits", logits, target)
-    t = xp.astype(target, logits.dtype)
+    t = xp.astype(target, logits.dtype, copy=False)
     z = logits
     loss = xp.sum(xp.maximum(z, xp.zeros_like(z)) - z * t + xp.log1p(xp.exp(-xp.abs(z)))) / z.shape[0]
     return loss, (z, t)
@@ -112,7 +112,7 @@ def accuracy(pred, target, *, threshold=0.5):
     one-hot targets); one output: pred > threshold vs the 0/1 target."""
     xp = array_namespace(pred)
     if pred.ndim == 2 and pred.shape[1] > 1:
-        labels = xp.argmax(target, axis=1) if target.ndim == 2 else xp.astype(target, xp.int64)
+        labels = xp.argmax(target, axis=1) if target.ndim == 2 else xp.astype(target, xp.int64, copy=False)
         hits = xp.argmax(pred, axis=1) == labels
     else:
         hits = xp.astype(pred > threshold, xp.int64) == xp.astype(target, xp.int64)
