@@ -41,3 +41,34 @@ def test_a_failed_workload_is_a_row_and_a_non_zero_exit(tmp_path, capsys):
                  "--json-out", str(tmp_path / "b.json")])
     out, err = capsys.readouterr()
     assert code == 1 and "P4        error" in out and "P4 failed" in err
+
+
+def test_a_missing_peer_framework_is_named_not_dumped():
+    from xpcnn.bench.runner import _worker_failed
+
+    output = ('Traceback (most recent call last):\n  File "workers.py", line 68, in worker_p1_torch\n'
+              "    import torch\nModuleNotFoundError: No module named 'torch'\n")
+    assert str(_worker_failed("p1t worker failed (exit 1)", output)) == \
+        "torch is not installed (the 'bench' extra installs the peers: pip install -e '.[bench]')"
+    assert str(_worker_failed("p4 worker failed (exit 1)", "a\nb\nDataError: no MNIST\n")) == \
+        "p4 worker failed (exit 1): a | b | DataError: no MNIST"
+
+
+def test_the_json_is_written_after_each_workload(tmp_path, capsys, monkeypatch):
+    # A run stopped from outside (a time limit) keeps the workloads that finished.
+    import xpcnn.bench.runner as runner
+
+    out = tmp_path / "b.json"
+    seen = []
+
+    def fake_p4(kind, params, threads):
+        return {"rows": [runner._row("P4", "fake", [1.0], "s", "")]}
+
+    def fake_p5(params, repeats, threads):
+        seen.append(json.loads(out.read_text())["rows"])  # what a reader sees while P5 runs
+        return []
+
+    monkeypatch.setattr(runner, "_run_worker", fake_p4)
+    monkeypatch.setattr(runner, "run_p5", fake_p5)
+    assert main(["--workloads", "P4,P5", "--quick", "--json-out", str(out)]) == 0
+    assert [r["name"] for r in seen[0]] == ["fake"]

@@ -219,14 +219,24 @@ def test_missing_checkpoint(capsys, tmp_path):
     assert code == 2 and "none.npz" in err
 
 
-def test_resume_from_another_architecture_is_refused(capsys, tmp_path, tiny_data_dir):
+def test_resume_takes_the_checkpoints_preset_and_refuses_another(capsys, tmp_path, tiny_data_dir):
     ckpt = tmp_path / "t.npz"
-    assert run(["train", "--preset", "tutorial", "--data-dir", tiny_data_dir, "--epochs", 2, "--quiet",
-                "--checkpoint", ckpt], capsys)[0] == 0
+    tutorial = ["train", "--data-dir", tiny_data_dir, "--quiet", "--checkpoint", ckpt]
+    assert run([*tutorial, "--preset", "tutorial", "--epochs", 2], capsys)[0] == 0
     before = ckpt.read_bytes()
     code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume"), capsys)
-    assert code == 2 and "arch" in err
+    assert code == 2 and "was trained with --preset tutorial; received --preset lenet" in err
     assert ckpt.read_bytes() == before
+    code, out, _ = run([*tutorial, "--resume", "--epochs", 3], capsys)  # no --preset: the checkpoint's
+    assert code == 0 and "preset tutorial, 3 epochs" in out and xpcnn.load(ckpt).epoch == 3
+
+    # A model saved from the library records no preset: the architecture itself is compared.
+    lib = tmp_path / "lib.npz"
+    xpcnn.load(ckpt).save(lib)
+    before = lib.read_bytes()
+    code, _, err = run(["train", "--data-dir", tiny_data_dir, "--quiet", "--checkpoint", lib, "--resume"], capsys)
+    assert code == 2 and "holds another architecture" in err and "--preset lenet (the default)" in err
+    assert lib.read_bytes() == before
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20])
@@ -345,6 +355,10 @@ def test_a_saved_checkpoint_is_never_replaced_by_accident(capsys, tmp_path, tiny
 @pytest.mark.parametrize(("extra", "message"), [
     (["--optimizer", "sgd"], "trained with --optimizer adam; received --optimizer sgd"),
     (["--seed", "7"], "trained with --seed 0; received --seed 7"),
+    (["--dataset", "fashion-mnist"], "trained with --dataset mnist; received --dataset fashion-mnist"),
+    (["--batch-size", "16"], "trained with --batch-size 64; received --batch-size 16"),
+    (["--train-size", "300"], "trained with --train-size 600; received --train-size 300"),
+    (["--test-size", "100"], "trained with --test-size 200; received --test-size 100"),
 ])
 def test_resume_refuses_options_that_would_change_the_run(capsys, tmp_path, tiny_data_dir, extra, message):
     ckpt = tmp_path / "run.npz"
@@ -410,3 +424,52 @@ def test_predict_says_when_an_image_is_blank(capsys, tmp_path, tiny_data_dir):
     Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "white.png")
     code, out, err = run(["predict", "--checkpoint", ckpt, tmp_path / "white.png"], capsys)
     assert code == 0 and "white.png looks blank" in err and "white.png: class" in out
+
+
+def test_resume_says_what_it_changes_and_when_there_is_nothing_to_do(capsys, tmp_path, tiny_data_dir):
+    ckpt = tmp_path / "run.npz"
+    assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--checkpoint", ckpt), capsys)[0] == 0
+    code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume", "--learning-rate",
+                                  "0.0005"), capsys)
+    assert code == 0 and "--learning-rate 0.0005 replaces the saved 0.004 from epoch 2 on." in out
+    assert xpcnn.load(ckpt).optimizer.learning_rate == 0.0005
+    before = ckpt.read_bytes()
+    code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume"), capsys)  # --quiet
+    assert code == 0 and "already holds 2 epochs" in out and "Give --epochs 3 or more" in out
+    assert ckpt.read_bytes() == before
+    code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--checkpoint", tmp_path / "typo.npz",
+                                  "--resume"), capsys)
+    assert code == 0 and "No checkpoint at" in out and "starting from scratch" in out
+
+
+def test_an_existing_file_that_is_not_a_checkpoint_is_named_as_such(capsys, tmp_path, tiny_data_dir):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("important")
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", notes), capsys)
+    assert code == 2 and "exists and is not a readable xpcnn checkpoint" in err
+    assert notes.read_text() == "important"
+
+
+def test_earlier_metrics_are_not_overwritten_by_a_new_run(capsys, tmp_path, tiny_data_dir):
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text('{"epoch": 1, "note": "an earlier run"}\n')
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--metrics-out", metrics), capsys)
+    assert code == 2 and "holds the metrics of an earlier run" in err
+    assert "an earlier run" in metrics.read_text()
+    assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--metrics-out", metrics, "--overwrite"),
+               capsys)[0] == 0
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1]
+
+
+def test_ctrl_c_says_what_is_saved(capsys, tmp_path, tiny_data_dir, monkeypatch):
+    ckpt = tmp_path / "run.npz"
+    assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--checkpoint", ckpt), capsys)[0] == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xpcnn.model.Sequential, "train_step", interrupted)
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume"), capsys)
+    assert code == 130 and "Interrupted in epoch 2" in err and "holds epoch 1" in err and "--resume" in err
+    code, _, err = run(train_args(tiny_data_dir, tmp_path), capsys)
+    assert code == 130 and "No epoch was saved" in err

@@ -56,5 +56,5 @@ def writable_file(path, what):
         raise InputError(f"The {what} folder does not exist: {parent}. Create it first.")
     if not os.access(parent, os.W_OK):
         raise InputError(f"The {what} folder is not writable: {parent}.")
-    if Path(path).is_dir():
+    if Path(path).is_dir() or str(path).endswith(("/", os.sep)):
         raise InputError(f"The {what} path is a folder, expected a file: {path}.")

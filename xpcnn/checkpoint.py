@@ -139,7 +139,7 @@ def load_checkpoint(path, *, expected_arch=None) -> tuple[dict, dict[str, np.nda
     path = Path(path)
     header, arrays = _read(path, with_arrays=True)
     if expected_arch is not None:
-        _check_arch(path, header, expected_arch)
+        check_arch(path, header, expected_arch)
     return header, arrays
 
 
@@ -169,7 +169,7 @@ def load_latest_good(path, *, expected_arch=None) -> tuple[dict, dict[str, np.nd
         except CheckpointError:
             raise newest from None
     if expected_arch is not None:
-        _check_arch(used, header, expected_arch)
+        check_arch(used, header, expected_arch)
     return header, arrays, used
 
 
@@ -421,7 +421,8 @@ def _digest(arrays):
     return h.hexdigest()
 
 
-def _check_arch(path, header, expected_arch):
+def check_arch(path, header, expected_arch):
+    """Raise CheckpointError naming the first place where ``header["arch"]`` differs from ``expected_arch``."""
     expected = json.loads(json.dumps(expected_arch))  # as stored: tuples become lists
     if "arch" not in header:
         raise CheckpointError(

@@ -38,9 +38,11 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a preset network on MNIST / Fashion-MNIST")
     _device_arg(t)
-    t.add_argument("--preset", choices=sorted(PRESETS), default="lenet")
+    t.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="default lenet; with --resume, the checkpoint's")
     _data_args(t)
-    t.add_argument("--epochs", type=positive_int, help="default: the preset's")
+    t.add_argument("--epochs", type=positive_int,
+                   help="the total to reach (a resumed run goes on from its saved epoch); default: the preset's")
     t.add_argument("--batch-size", type=positive_int, help="default: the preset's")
     t.add_argument("--learning-rate", type=positive_float, help="default: the preset's")
     t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the preset's")
@@ -98,6 +100,7 @@ def build_parser():
     sub.add_parser("selftest", help="gradcheck + parity + a tiny training run (what the container runs)")
     sub.add_parser("info", help="versions, devices, data directory")
     sub.add_parser("bench", help="benchmarks: xpcnn bench --help (see BENCHMARKS.md)", add_help=False)
+    parser.commands = sub.choices  # name -> subcommand parser, for errors in the subcommand's words
     return parser
 
 
@@ -108,7 +111,9 @@ def main(argv=None):
 
         return bench_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # with the subcommand's usage line, not the top-level one
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     from . import commands
 
     # NaN/inf is reported once, clearly, by the training loop; NumPy's warnings would only repeat it.

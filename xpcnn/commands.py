@@ -15,9 +15,9 @@ from . import __version__, optimizers
 from . import functional as F
 from .argtypes import writable_file
 from .backend import DEVICES, cupy_versions, default_device, get_backend, gpu_name, gpu_problem
-from .checkpoint import previous_path
+from .checkpoint import check_arch, previous_path, read_header
 from .data import CLASS_NAMES, load_dataset
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .io import load_model
 from .presets import build_model, get_preset, targets
 
@@ -47,11 +47,6 @@ def _split(images, labels, wanted, flag, task):
     and their targets for ``task``."""
     n = _subset(wanted, len(images), flag)
     return images[:n], targets(labels[:n], task)
-
-
-def _echo(*parts, quiet=False):
-    if not quiet:
-        print(*parts, flush=True)
 
 
 class MetricsFile:
@@ -87,10 +82,8 @@ class MetricsFile:
 
 # ------------------------------------------------------------------------------------- train
 def train(args):
-    preset = get_preset(args.preset)
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
-    epochs = args.epochs or preset["epochs"]
     comm = None
     if args.distributed:
         from .distributed import init
@@ -111,7 +104,6 @@ def train(args):
 
         require_matplotlib()  # a missing 'plots' extra is a clear error before the folder is made
     backend = get_backend(args.device) if comm is None else comm.backend
-    fresh = build_model(preset, device=backend, dtype=args.dtype, seed=0 if args.seed is None else args.seed)
     main_rank = comm is None or comm.rank == 0
     # PATH.prev alone is what a crash between the two renames of a save leaves: resume from it.
     found = [] if not args.checkpoint else \
@@ -119,17 +111,31 @@ def train(args):
     if comm is not None:  # every rank decides alike (a rank-local disk could differ)
         comm.check_same(len(found), "how many of --checkpoint and its .prev exist")
     if found and not args.resume and not args.overwrite:
-        raise InputError(f"{found[0]} holds a checkpoint already. Add --resume to continue it, or "
-                         "--overwrite to train a new model in its place (the old one is lost after two epochs).")
+        raise InputError(_existing_checkpoint_message(found[0]))
+    if args.metrics_out and not (args.resume or args.overwrite) and main_rank and _nonempty(args.metrics_out):
+        raise InputError(f"--metrics-out {args.metrics_out} holds the metrics of an earlier run. Choose another "
+                         "file, add --resume to continue that run, or --overwrite to replace them.")
     if args.resume and found:
-        model = load_model(args.checkpoint, device=backend, fallback=True, expected_arch=fresh.get_config())
+        model = load_model(args.checkpoint, device=backend, fallback=True)
+        saved = model.checkpoint_header.get("extra", {})
+        preset_name = _check_resume_options(args, model, saved)
+        preset = get_preset(preset_name)
+        try:
+            check_arch(model.checkpoint_path, model.checkpoint_header,
+                       build_model(preset, device="cpu", dtype=model.dtype).get_config())
+        except CheckpointError as exc:
+            raise InputError(f"{exc}. It was not trained with --preset {preset_name}"
+                             f"{'' if args.preset else ' (the default)'}: give the --preset it was trained "
+                             "with, or start a new run (--overwrite or another --checkpoint).") from None
         if model.dtype != args.dtype:
             raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
-        _check_resume_options(args, model)
-        if args.learning_rate:
-            model.optimizer.learning_rate = args.learning_rate
-        if args.lr_decay:
-            model.optimizer.epoch_decay = args.lr_decay
+        for flag, value, attr in (("--learning-rate", args.learning_rate, "learning_rate"),
+                                  ("--lr-decay", args.lr_decay, "epoch_decay")):
+            if value and value != getattr(model.optimizer, attr):  # a deliberate change, said once
+                if main_rank:
+                    print(f"{flag} {value} replaces the saved {getattr(model.optimizer, attr)} from epoch "
+                          f"{model.epoch + 1} on.", flush=True)
+                setattr(model.optimizer, attr, value)
         fell_back = Path(model.checkpoint_path) == previous_path(args.checkpoint)
         why = ""
         if fell_back and Path(args.checkpoint).exists() and main_rank:
@@ -142,15 +148,18 @@ def train(args):
         if main_rank:
             print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}{why}.", flush=True)
     else:
-        if args.resume:
-            _echo(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", quiet=args.quiet)
-        model = fresh
+        if args.resume and main_rank:  # said even with --quiet: a mistyped path must not pass unseen
+            print(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", flush=True)
+        saved = {}
+        preset_name = args.preset or "lenet"
+        preset = get_preset(preset_name)
+        model = build_model(preset, device=backend, dtype=args.dtype, seed=0 if args.seed is None else args.seed)
         opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"],
                              args.lr_decay or preset.get("lr_decay", 1.0))
         model.compile(opt, loss=preset["loss"])
-    # A resumed run keeps the data and batching it was started with unless told otherwise,
-    # so that it continues exactly where the interrupted run would have gone.
-    saved = model.checkpoint_header.get("extra", {}) if model is not fresh else {}
+    epochs = args.epochs or preset["epochs"]
+    # A resumed run keeps the data and batching it was started with (_check_resume_options
+    # refuses others), so that it continues exactly where the interrupted run would have gone.
     dataset = args.dataset or saved.get("dataset") or preset["dataset"]
     batch_size = args.batch_size or saved.get("batch_size") or preset["batch_size"]
     train_size = args.train_size or saved.get("train_size") or _default(preset["train_size"])
@@ -165,7 +174,7 @@ def train(args):
     if not args.quiet:
         model.summary()
 
-    extra = {"preset": args.preset, "dataset": dataset, "task": preset["task"], "batch_size": batch_size,
+    extra = {"preset": preset_name, "dataset": dataset, "task": preset["task"], "batch_size": batch_size,
              "train_size": len(x), "test_size": len(xt)}
     metrics = MetricsFile(args.metrics_out, keep_until_epoch=model.epoch)
     plots = Path(args.plots) if args.plots else None
@@ -183,12 +192,21 @@ def train(args):
             model.save(args.checkpoint, extra=extra)
 
     start = time.perf_counter()
-    if model.epoch >= epochs:
-        _echo(f"The checkpoint already has {model.epoch} epochs (asked for {epochs}): nothing to train.",
-              quiet=args.quiet)
+    if model.epoch >= epochs:  # said even with --quiet: the run did nothing
+        if main_rank:
+            print(f"{model.checkpoint_path} already holds {model.epoch} epochs and --epochs {epochs} is the total "
+                  f"to reach: nothing to train. Give --epochs {model.epoch + 1} or more to go on.", flush=True)
     else:
-        model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=(xt, yt), seed=model.seed,
-                  verbose=0 if args.quiet else 1, callbacks=[after_epoch])
+        try:  # --epochs is the total to reach: epochs model.epoch+1 .. epochs
+            model.fit(x, y, batch_size=batch_size, epochs=epochs, initial_epoch=model.epoch,
+                      validation_data=(xt, yt), seed=model.seed, verbose=0 if args.quiet else 1,
+                      callbacks=[after_epoch])
+        except KeyboardInterrupt:
+            if main_rank:
+                print(f"\nInterrupted in epoch {model.epoch + 1}. " + (
+                    f"{args.checkpoint} holds epoch {model.epoch}: continue with the same command and --resume."
+                    if args.checkpoint and model.epoch else "No epoch was saved."), file=sys.stderr, flush=True)
+            raise
     total = time.perf_counter() - start
     if plots is not None:
         _plots_after(model, plots, xt, CLASS_NAMES[dataset] if preset["task"] == "classes" else ("<= 4", "> 4"))
@@ -200,7 +218,7 @@ def train(args):
     where = f"checkpoint: {args.checkpoint}" if args.checkpoint else "no checkpoint (use --checkpoint PATH)"
     if comm is not None:
         where += f"; {comm.size} processes"
-    print(f"xpcnn train: preset {args.preset}, {model.epoch} epoch{'s' if model.epoch != 1 else ''} on "
+    print(f"xpcnn train: preset {preset_name}, {model.epoch} epoch{'s' if model.epoch != 1 else ''} on "
           f"{model.backend}: train accuracy "
           f"{train_acc:.4f}, test accuracy {acc:.4f}, {total:.1f} s; {where}", flush=True)
     return 0
@@ -213,16 +231,42 @@ def _optimizer_name(optimizer):
     return "momentum" if config.get("momentum") else "sgd"
 
 
-def _check_resume_options(args, model):
-    """--resume continues the saved run: an option that would change it is refused, not ignored."""
+def _check_resume_options(args, model, saved):
+    """--resume continues the saved run: an option that would change it is refused, not ignored.
+    Returns the preset's name (the checkpoint's own when --preset is not given)."""
+    keep = " --resume continues the saved run: drop the option, or start a new run (--overwrite or another " \
+           "--checkpoint)."
+    where = model.checkpoint_path
     if args.optimizer and args.optimizer != _optimizer_name(model.optimizer):
-        raise InputError(f"{model.checkpoint_path} was trained with --optimizer {_optimizer_name(model.optimizer)}; "
-                         f"received --optimizer {args.optimizer}. --resume continues the saved run: drop "
-                         "--optimizer, or start a new run (--overwrite or another --checkpoint).")
+        raise InputError(f"{where} was trained with --optimizer {_optimizer_name(model.optimizer)}; "
+                         f"received --optimizer {args.optimizer}.{keep}")
     if args.seed is not None and args.seed != model.seed:
-        raise InputError(f"{model.checkpoint_path} was trained with --seed {model.seed}; received --seed "
-                         f"{args.seed}. --resume continues the saved run (its data order and dropout come from "
-                         "that seed): drop --seed, or start a new run.")
+        raise InputError(f"{where} was trained with --seed {model.seed}; received --seed {args.seed} (the data "
+                         f"order and dropout come from the seed).{keep}")
+    for flag, given, key in (("--preset", args.preset, "preset"), ("--dataset", args.dataset, "dataset"),
+                             ("--batch-size", args.batch_size, "batch_size"),
+                             ("--train-size", args.train_size, "train_size"),
+                             ("--test-size", args.test_size, "test_size")):
+        if given is not None and saved.get(key) is not None and given != saved[key]:
+            raise InputError(f"{where} was trained with {flag} {saved[key]}; received {flag} {given}.{keep}")
+    return args.preset or saved.get("preset") or "lenet"
+
+
+def _existing_checkpoint_message(path):
+    try:
+        read_header(path)
+    except CheckpointError:
+        return (f"{path} exists and is not a readable xpcnn checkpoint. Choose another --checkpoint path "
+                "(or --overwrite to replace that file).")
+    return (f"{path} holds a checkpoint already. Add --resume to continue it, or --overwrite to train a new "
+            "model in its place (the old one is kept as .prev for one more epoch).")
+
+
+def _nonempty(path):
+    try:
+        return Path(path).stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _plot_filters(model, path, title):

@@ -320,6 +320,8 @@ def _find(name, folder, *, cache):
         places = [folder, folder / f"{name}.npz"]
     if not folder.exists():
         return None, "does not exist"
+    if folder.is_file() and folder.suffix != ".npz":
+        return None, "is a file; expected a folder (or a .npz file)"
     notes = []
     for place in places:
         where = "" if place == folder else f" in {place.name}{'' if place.suffix == '.npz' else '/'}"

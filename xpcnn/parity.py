@@ -87,7 +87,8 @@ def parity(preset_name, devices, *, steps=100, batch_size=32, dtype="float32", s
 
 def format_report(report):
     lines = [f"Parity of preset {report['preset']}: {report['devices'][0]} vs {report['devices'][1]}, "
-             f"{report['dtype']}, batch {report['batch_size']}; parameters after {report['steps']} SGD steps",
+             f"{report['dtype']}, batch {report['batch_size']}; parameters after {report['steps']} SGD "
+             f"step{'s' if report['steps'] != 1 else ''}",
              f"{'quantity':<28} {'max |a-b|':>11} {'relative':>11}  ok"]
     for r in report["rows"]:
         lines.append(f"{r['quantity']:<28} {r['max_abs']:>11.3e} {r['rel']:>11.3e}  {'yes' if r['ok'] else 'NO'}")

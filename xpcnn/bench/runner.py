@@ -7,6 +7,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -31,8 +32,7 @@ class _Server:
     def _read(self):
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read().strip().splitlines()[-3:]
-            raise RuntimeError("P2 worker exited: " + " | ".join(err))
+            raise _worker_failed("P2 worker exited", self.proc.stderr.read())
         return json.loads(line)
 
     def run(self, bs, steps):
@@ -108,9 +108,17 @@ def _run_worker(kind, params, threads):
     proc = subprocess.run(_worker_cmd(kind, params), env=_worker_env(threads), capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"{kind} worker failed (exit {proc.returncode}): " + " | ".join(tail))
+        raise _worker_failed(f"{kind} worker failed (exit {proc.returncode})", proc.stderr or proc.stdout)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _worker_failed(what, output):
+    """A worker's failure as one line: a missing peer framework by name, else the output's end."""
+    missing = re.search(r"ModuleNotFoundError: No module named '([\w.]+)'", output)
+    if missing:
+        return RuntimeError(f"{missing.group(1).split('.')[0]} is not installed (the 'bench' extra installs the "
+                            "peers: pip install -e '.[bench]')")
+    return RuntimeError(f"{what}: " + " | ".join(output.strip().splitlines()[-5:]))
 
 
 def run_p5(params, repeats, threads):
