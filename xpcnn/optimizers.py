@@ -13,6 +13,15 @@ resumed run continues on the same schedule.
 
 Parameters are updated in place (the optimizer owns that step); kernels never mutate inputs.
 
+One update for all parameters: the gradients are laid end to end in one flat vector (one
+``concat``), the rule above runs once on it and on flat state vectors, and each parameter then
+takes its slice of the step. Elementwise, the arithmetic is the same as parameter by parameter
+(bit for bit), but a step costs ~a dozen array operations instead of a dozen per parameter
+array: on a GPU each operation is a kernel launch, and LeNet has ten parameter arrays (Adam: 23
+operations a step instead of 120). Plain SGD has no state and keeps going parameter by parameter
+(two operations each; the flat vector would only add a copy). The state is saved per parameter
+(``"m/0/kernel"``, ...), so checkpoints do not depend on the layout.
+
 Examples
 --------
 >>> opt = SGD(learning_rate=0.1, momentum=0.9)
@@ -25,7 +34,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 from .backend import to_numpy
 from .errors import InputError
@@ -42,50 +51,98 @@ def _positive(name, value, *, allow_zero=False, upper=None):
 
 
 class Optimizer:
-    """Base class. ``apply(layers)`` updates every layer's params from its grads."""
+    """Base class. ``apply(layers)`` updates every layer's params from its grads.
+
+    A subclass gives ``_step(g)``: the flat step to subtract for the flat gradient ``g``, using
+    flat state from ``_slot(name, g)``.
+    """
 
     def __init__(self, learning_rate, epoch_decay=1.0):
         self.learning_rate = _positive("learning_rate", learning_rate)
         self.epoch_decay = _positive("epoch_decay", epoch_decay)
         self.epoch = 0
         self.iterations = 0
-        self.slots = {}  # slot name -> {"<layer index>/<param name>": array on the device}
+        self.slots = {}  # slot name -> one flat array on the device, laid out as self._layout
+        self._layout = []  # [(key "<layer index>/<param name>", shape)] in the order of the flat vectors
+        self._loaded = {}  # slot name -> {key: array}: state set per parameter, not yet laid out
 
     @property
     def current_learning_rate(self):
         """The rate used now: ``learning_rate · epoch_decay ** epoch``."""
         return self.learning_rate * self.epoch_decay**self.epoch
 
-    def _slot(self, name, key, like):
-        table = self.slots.setdefault(name, {})
-        if key not in table:
-            xp = array_namespace(like)
-            table[key] = xp.zeros_like(like)
-        return table[key]
-
     def apply(self, layers):
         self.iterations += 1
-        for i, layer in enumerate(layers):
-            for name, p in layer.params.items():
-                self._update(f"{i}/{name}", p, layer.grads[name])
+        params = [(f"{i}/{name}", p, layer.grads[name]) for i, layer in enumerate(layers)
+                  for name, p in layer.params.items()]
+        if not params:
+            return
+        if self.stateless:  # plain gradient descent: the step of each parameter needs nothing else
+            for _, p, g in params:
+                p -= self._step(g)
+            return
+        xp = array_namespace(params[0][1])
+        layout = [(key, tuple(p.shape)) for key, p, _ in params]
+        if layout != self._layout:  # the first step (or new parameters): lay the state out anew
+            self._loaded = self._per_parameter() or self._loaded
+            self._layout, self.slots = layout, {}
+        g = xp.concat([xp.reshape(g, (-1,)) for _, _, g in params])
+        step = self._step(g)
+        start = 0
+        for _, p, _ in params:
+            stop = start + _size(p.shape)
+            p -= xp.reshape(step[start:stop], p.shape)
+            start = stop
 
-    def _update(self, key, p, g):
+    def _slot(self, name, like):
+        """Flat state ``name`` (zeros at first, or what set_state gave, laid out as the parameters)."""
+        if name not in self.slots:
+            xp = array_namespace(like)
+            loaded = self._loaded.pop(name, {})
+            if loaded:  # a parameter without saved state starts at 0
+                self.slots[name] = xp.concat([
+                    xp.reshape(loaded[key], (-1,)) if key in loaded else
+                    xp.zeros(_size(shape), dtype=like.dtype, device=device(like)) for key, shape in self._layout])
+            else:
+                self.slots[name] = xp.zeros_like(like)
+        return self.slots[name]
+
+    stateless = False  # True: _step(g) needs no state, so it runs parameter by parameter
+
+    def _step(self, g):
         raise NotImplementedError
 
     def get_config(self):
         raise NotImplementedError
 
     # -- checkpoints: host arrays, loaded back onto any device ---------------------------------
+    def _per_parameter(self):
+        """{slot: {key: array}}: the flat state cut back into one array per parameter."""
+        tables = {}
+        for name, flat in self.slots.items():
+            start, table = 0, {}
+            for key, shape in self._layout:
+                stop = start + _size(shape)
+                table[key] = array_namespace(flat).reshape(flat[start:stop], shape)
+                start = stop
+            tables[name] = table
+        return tables
+
     def get_state(self):
-        arrays = {f"{slot}/{key}": to_numpy(a) for slot, table in self.slots.items() for key, a in table.items()}
+        tables = {**self._loaded, **self._per_parameter()}
+        arrays = {f"{slot}/{key}": to_numpy(a) for slot, table in tables.items() for key, a in table.items()}
         return {"iterations": self.iterations}, arrays
 
     def set_state(self, meta, arrays, backend, dtype):
         self.iterations = int(meta.get("iterations", 0))
-        self.slots = {}
+        self.slots, self._layout, self._loaded = {}, [], {}
         for full, a in arrays.items():
             slot, key = full.split("/", 1)
-            self.slots.setdefault(slot, {})[key] = backend.asarray(np.asarray(to_numpy(a), dtype=dtype))
+            self._loaded.setdefault(slot, {})[key] = backend.asarray(np.asarray(to_numpy(a), dtype=dtype))
+
+
+def _size(shape):
+    return math.prod(shape)
 
 
 class SGD(Optimizer):
@@ -93,20 +150,16 @@ class SGD(Optimizer):
         super().__init__(learning_rate, epoch_decay)
         self.momentum = _positive("momentum", momentum, allow_zero=True, upper=1.0)
         self.nesterov = bool(nesterov)
+        self.stateless = self.momentum == 0.0
 
-    def _update(self, key, p, g):
-        lr = self.current_learning_rate
+    def _step(self, g):
+        step = self.current_learning_rate * g
         if self.momentum == 0.0:
-            p -= lr * g
-            return
-        v = self._slot("velocity", key, p)
-        step = lr * g
+            return step
+        v = self._slot("velocity", g)
         v *= self.momentum
         v -= step
-        if self.nesterov:
-            p += self.momentum * v - step
-        else:
-            p += v
+        return step - self.momentum * v if self.nesterov else -v
 
     def get_config(self):
         return {"class": "SGD", "learning_rate": self.learning_rate, "momentum": self.momentum,
@@ -120,20 +173,17 @@ class Adam(Optimizer):
         self.beta_2 = _positive("beta_2", beta_2, allow_zero=True, upper=1.0)
         self.epsilon = _positive("epsilon", epsilon)
 
-    def apply(self, layers):
-        t = self.iterations + 1
-        self._step = self.current_learning_rate * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
-        super().apply(layers)
-
-    def _update(self, key, p, g):
-        xp = array_namespace(p)
-        m = self._slot("m", key, p)
-        v = self._slot("v", key, p)
+    def _step(self, g):
+        t = self.iterations
+        size = self.current_learning_rate * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
+        xp = array_namespace(g)
+        m = self._slot("m", g)
+        v = self._slot("v", g)
         m *= self.beta_1
         m += (1.0 - self.beta_1) * g
         v *= self.beta_2
         v += (1.0 - self.beta_2) * (g * g)
-        p -= self._step * m / (xp.sqrt(v) + self.epsilon)
+        return size * m / (xp.sqrt(v) + self.epsilon)
 
     def get_config(self):
         return {"class": "Adam", "learning_rate": self.learning_rate, "beta_1": self.beta_1, "beta_2": self.beta_2,
