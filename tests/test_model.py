@@ -3,8 +3,6 @@ resume, the non-finite-loss guard, bad input — and one real-MNIST run."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -81,7 +79,7 @@ def test_save_load_and_resume_bit_exact(case, rng, tmp_path):
     first.save(tmp_path / "m.npz")
     resumed = xpcnn.load(tmp_path / "m.npz", device=case.backend)
     assert resumed.epoch == 1 and resumed.optimizer.iterations == 3
-    resumed.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    resumed.fit(x, y, batch_size=16, epochs=3, initial_epoch=resumed.epoch, verbose=0)  # as `xpcnn train --resume`
     for u, v in zip(straight.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(u, v)
     assert resumed.history["loss"] == pytest.approx(straight.history["loss"])
@@ -188,13 +186,10 @@ def test_lenet_learns_real_mnist(mnist_dir):
          L.MaxPool2D(), L.Flatten(), L.Dropout(0.5), L.Dense(128, activation="relu"), L.Dropout(0.5), L.Dense(10)],
         input_shape=(1, 28, 28), device="cpu", seed=0)
     model.compile("adam", loss="softmax_cross_entropy", learning_rate=1e-3)
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=16, epochs=12, verbose=0)
-    seconds = time.perf_counter() - start
+    model.fit(x, y, batch_size=16, epochs=12, verbose=0)  # ~13 s on an idle 2-core machine
     acc = model.evaluate(xt, yt)["accuracy"]
-    print(f"LeNet on 2,000 MNIST images: test accuracy {acc:.4f} in {seconds:.1f} s")
-    assert acc >= 0.95
-    assert seconds < 180  # ~13 s on an idle 2-core machine; only catches pathological slowness
+    print(f"LeNet on 2,000 MNIST images: test accuracy {acc:.4f}")
+    assert acc >= 0.95  # speed is measured by scripts/bench.py, not asserted on a shared machine
 
 
 def test_a_training_step_never_reads_back_to_the_host(monkeypatch, rng):

@@ -20,9 +20,14 @@ class Layer:
         self.need_input_grad = True
         self.built = False
         self._cache = None
+        self._owner = None  # weakref to the Sequential holding this layer (a layer serves one model)
 
-    # -- building ------------------------------------------------------------------------------
     def build(self, input_shape, backend: Backend, dtype="float32", rng=None):
+        """Create the weights for per-sample ``input_shape`` on ``backend``; returns the output shape.
+
+        ``Sequential`` calls this (with the model's seed); a layer used alone builds itself at
+        its first ``forward``.
+        """
         self.input_shape, self.backend, self.dtype = tuple(input_shape), backend, str(dtype)
         self._create_params(np.random.default_rng(rng))  # a Generator passes through unchanged
         self.built = True
@@ -32,13 +37,13 @@ class Layer:
         """Layers with weights draw them here (host RNG, then one move to the device)."""
 
     def output_shape(self, input_shape):
+        """The per-sample output shape for per-sample ``input_shape`` (no batch axis)."""
         return tuple(input_shape)
 
     def _init(self, name, shape, rng):
         host = initializers.get(name)(tuple(shape), rng)
         return self.backend.asarray(np.asarray(host, dtype=self.dtype))
 
-    # -- running -------------------------------------------------------------------------------
     def _check_input(self, x):
         if not self.built:
             self.build(tuple(x.shape[1:]), backend_of(x), _dtype_name(x), getattr(self, "seed", None))
@@ -59,12 +64,13 @@ class Layer:
         return shape == self.input_shape
 
     def forward(self, x, training=True):
+        """The layer's output for a device batch ``x``; ``training`` enables dropout and caching."""
         raise NotImplementedError
 
     def backward(self, dy):
+        """∂E/∂x from dy = ∂E/∂y of the last ``forward``; fills ``grads`` for layers with weights."""
         raise NotImplementedError
 
-    # -- weights and config --------------------------------------------------------------------
     def get_weights(self):
         """Host copies (as Keras): later training never changes what this returned."""
         host = [(to_numpy(p), p) for p in self.params.values()]
@@ -72,6 +78,7 @@ class Layer:
         return [h if h is not p and h.flags.owndata else h.copy() for h, p in host]
 
     def set_weights(self, weights):
+        """Replace the weights (kernel then bias) from host or device arrays of the same shapes."""
         if len(weights) != len(self.params):
             raise InputError(f"Layer '{self.name}' has {len(self.params)} weight arrays. Received {len(weights)}.")
         for key, w in zip(list(self.params), weights):
@@ -82,9 +89,11 @@ class Layer:
             self.params[key] = self.backend.asarray(w.astype(self.dtype))
 
     def get_config(self):
+        """The constructor arguments as plain data (see :func:`xpcnn.layers.from_config`)."""
         return {"class": type(self).__name__, "name": self.name}
 
     def count_params(self):
+        """The number of trainable values in ``params``."""
         return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
 
 

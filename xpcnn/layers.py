@@ -72,6 +72,7 @@ class _Weighted(Layer):
             self.params["bias"] = self._init(self.bias_initializer, (units,), rng)
 
     def forward(self, x, training=True):
+        """y = activation(op(x)) for a device batch ``x``; keeps what ``backward`` needs."""
         self._check_input(x)
         z, op_cache = self._op_forward(x)
         y, act_cache = self._activate(z)
@@ -79,6 +80,7 @@ class _Weighted(Layer):
         return y
 
     def backward(self, dy):
+        """Store ∂E/∂kernel and ∂E/∂bias in ``grads`` from dy = ∂E/∂y; return ∂E/∂x (or None)."""
         op_cache, act_cache = self._cache
         dx, dk, db = self._op_backward(self._deactivate(dy, act_cache), op_cache, need_dx=self.need_input_grad)
         self._store_grads(dk, db)
@@ -98,6 +100,7 @@ class _Weighted(Layer):
             self.grads["bias"] = dbias
 
     def get_config(self):
+        """The constructor arguments as plain data (see :func:`from_config`)."""
         return {
             **super().get_config(),
             "activation": self.activation,
@@ -112,7 +115,48 @@ def _init_name(init):
 
 
 class Conv2D(_Weighted):
-    """2-D convolution layer, NCHW, kernel (filters, C_in, KH, KW). See functional.conv."""
+    """2-D convolution (cross-correlation) of (N, C, H, W) images; output (N, filters, OH, OW).
+
+    Parameters
+    ----------
+    filters : int
+        Output channels F. The kernel has shape (F, C, KH, KW), C inferred when built.
+    kernel_size : int or pair of ints
+        (KH, KW); an int k means (k, k).
+    strides : int or pair of ints, default 1
+        (SH, SW): the window moves SH rows / SW columns at a time.
+    padding : "valid", "same", int or pair of ints, default "valid"
+        "valid": no padding. "same" (as Keras/TensorFlow): OH = ceil(H / SH), zeros split
+        evenly with any odd one at the bottom/right. An int p or a pair (ph, pw) of
+        non-negative ints: that many rows of zeros top and bottom, columns left and right.
+    dilation_rate : int or pair of ints, default 1
+        (DH, DW): spacing between kernel taps (a 3x3 kernel with rate 2 spans 5x5).
+    activation : {"relu", "sigmoid", "tanh", "softmax", "linear", None}, default None
+        Applied to the convolution output inside the layer (fused); None or "linear": none.
+    use_bias : bool, default True
+        Add one bias per filter.
+    kernel_initializer, bias_initializer : str or callable
+        "glorot_uniform" (kernel default), "he_normal", "uniform", "zeros" (bias default),
+        "ones", or a callable ``(shape, rng) -> ndarray`` drawing on the host.
+    seed : int, optional
+        Initial weights when the layer is used alone; inside a Sequential the model's seed decides.
+    name : str, optional
+
+    Notes
+    -----
+    Output size per spatial axis, with (PT, PB) the padding resolved as above::
+
+        OH = (H + PT + PB - DH·(KH - 1) - 1) // SH + 1
+
+    The forward equation and both gradients are in :mod:`xpcnn.functional.conv`.
+
+    Examples
+    --------
+    >>> Conv2D(8, 3, padding="same").output_shape((1, 28, 28))
+    (8, 28, 28)
+    >>> Conv2D(8, 5, strides=2).output_shape((1, 28, 28))
+    (8, 12, 12)
+    """
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros", seed=None, name=None):
@@ -158,7 +202,28 @@ class Conv2D(_Weighted):
 
 
 class Dense(_Weighted):
-    """Fully connected layer: y = x @ kernel + bias, kernel (features, units)."""
+    """Fully connected layer: y = activation(x @ kernel + bias); (N, features) -> (N, units).
+
+    Parameters
+    ----------
+    units : int
+        Output features. The kernel has shape (features, units), features inferred when built;
+        put a ``Flatten()`` before it for images.
+    activation : {"relu", "sigmoid", "tanh", "softmax", "linear", None}, default None
+        Applied inside the layer (fused); None or "linear": none.
+    use_bias : bool, default True
+    kernel_initializer, bias_initializer : str or callable
+        As for :class:`Conv2D`: "glorot_uniform" (kernel default), "he_normal", "uniform",
+        "zeros" (bias default), "ones", or ``(shape, rng) -> ndarray``.
+    seed : int, optional
+        Initial weights when the layer is used alone; inside a Sequential the model's seed decides.
+    name : str, optional
+
+    Examples
+    --------
+    >>> Dense(10).output_shape((784,))
+    (10,)
+    """
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", seed=None, name=None):

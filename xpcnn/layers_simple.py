@@ -31,11 +31,13 @@ class _Pool(Layer):
         return shape[0] == self.input_shape[0]
 
     def forward(self, x, training=True):
+        """Pool each channel of a device batch (N, C, H, W) -> (N, C, OH, OW)."""
         self._check_input(x)
         y, self._cache = type(self)._forward(x, self.pool_size, self.strides)
         return y
 
     def backward(self, dy):
+        """∂E/∂x from dy = ∂E/∂y (None when the layer needs no input gradient)."""
         return type(self)._backward(dy, self._cache) if self.need_input_grad else None
 
     def get_config(self):
@@ -43,35 +45,92 @@ class _Pool(Layer):
 
 
 class MaxPool2D(_Pool):
-    """Max pooling over ``pool_size`` windows (strides default to the pool size)."""
+    """Max pooling: the largest value of each ``pool_size`` window, per channel.
+
+    Parameters
+    ----------
+    pool_size : int or pair of ints, default 2
+        (PH, PW) window.
+    strides : int or pair of ints, optional
+        Step between windows; default the pool size (windows do not overlap).
+    name : str, optional
+
+    Notes
+    -----
+    No padding: OH = (H - PH) // SH + 1 (the last rows/columns that do not fill a window are
+    dropped). The gradient goes to the first maximum of each window. See
+    :mod:`xpcnn.functional.pooling`.
+
+    Examples
+    --------
+    >>> MaxPool2D().output_shape((6, 28, 28))
+    (6, 14, 14)
+    """
 
     _forward, _backward = staticmethod(F.max_pool2d_forward), staticmethod(F.max_pool2d_backward)
 
 
 class AveragePooling2D(_Pool):
-    """Average pooling over ``pool_size`` windows (strides default to the pool size)."""
+    """Average pooling: the mean of each ``pool_size`` window, per channel.
+
+    Parameters and output size as :class:`MaxPool2D` (``pool_size=2``, ``strides`` default the
+    pool size, no padding). The gradient is shared equally by the window's values.
+
+    Examples
+    --------
+    >>> AveragePooling2D(3, strides=1).output_shape((1, 5, 5))
+    (1, 3, 3)
+    """
 
     _forward, _backward = staticmethod(F.avg_pool2d_forward), staticmethod(F.avg_pool2d_backward)
 
 
 class Flatten(Layer):
-    """(N, C, H, W) -> (N, C·H·W)."""
+    """Flatten each sample: (N, C, H, W) (or any (N, ...)) -> (N, C·H·W), in C order.
+
+    Examples
+    --------
+    >>> Flatten().output_shape((16, 4, 4))
+    (256,)
+    """
 
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
 
     def forward(self, x, training=True):
+        """Reshape a device batch to (N, features) (a view, no copy where the backend allows)."""
         self._check_input(x)
         y, self._cache = F.flatten_forward(x)
         return y
 
     def backward(self, dy):
+        """dy reshaped back to the input's shape (None when no input gradient is needed)."""
         return F.flatten_backward(dy, self._cache) if self.need_input_grad else None
 
 
 class Dropout(Layer):
-    """Inverted dropout. The 0/1 mask comes from a host NumPy Generator (``self.rng``), so a seed
-    gives the same mask on every device; ``Sequential.fit`` reseeds it from (seed, epoch, step)."""
+    """Inverted dropout: in training each value is zeroed with probability ``rate`` and the others
+    are scaled by 1 / (1 - rate); at inference (``training=False``) the input passes unchanged.
+
+    Parameters
+    ----------
+    rate : float in [0, 1)
+        Fraction of values dropped.
+    seed : int, optional
+        Seeds the mask generator when the layer is used alone; ``Sequential.fit`` reseeds it
+        from (seed, epoch, step), so runs are reproducible and resumable.
+    name : str, optional
+
+    Notes
+    -----
+    The 0/1 mask comes from a host NumPy Generator (``self.rng``): the same seed gives the same
+    mask on every device.
+
+    Examples
+    --------
+    >>> Dropout(0.5).output_shape((128,))
+    (128,)
+    """
 
     def __init__(self, rate, seed=None, name=None):
         super().__init__(name)
@@ -81,6 +140,7 @@ class Dropout(Layer):
         self.rng = np.random.default_rng(seed)
 
     def forward(self, x, training=True):
+        """Apply a fresh mask when ``training``; else return ``x`` itself."""
         self._check_input(x)
         if not training or self.rate == 0.0:
             self._cache = None
@@ -91,6 +151,7 @@ class Dropout(Layer):
         return y
 
     def backward(self, dy):
+        """dy times the forward's scaled mask (None when no input gradient is needed)."""
         if not self.need_input_grad:
             return None
         return dy if self._cache is None else F.dropout_backward(dy, self._cache)

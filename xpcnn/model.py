@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -67,10 +68,7 @@ class Sequential:
     """
 
     def __init__(self, layers, *, input_shape=None, device=None, dtype="float32", seed=0, name="sequential"):
-        self.layers = list(layers)
-        bad = [type(layer).__name__ for layer in self.layers if not isinstance(layer, Layer)]
-        if bad:
-            raise InputError(f"Sequential takes xpcnn layers. Received {', '.join(bad)}.")
+        self.layers = _check_layers(layers)
         _unique_names(self.layers)
         if dtype not in DTYPES:
             raise InputError(f"The `dtype` argument must be 'float32' or 'float64'. Received dtype={dtype!r}")
@@ -85,8 +83,9 @@ class Sequential:
         self.history = {}
         if input_shape is not None:
             self.build(input_shape)
+        for layer in self.layers:  # claimed only once the model exists: a failed attempt can be retried
+            layer._owner = weakref.ref(self)
 
-    # -- structure -----------------------------------------------------------------------------
     def build(self, input_shape):
         """Create every layer's weights for per-sample ``input_shape`` from the model's seed."""
         try:
@@ -96,22 +95,26 @@ class Sequential:
         if not shape or min(shape) < 1:
             raise ShapeError(f"input_shape must be a tuple of positive ints, per sample (e.g. (1, 28, 28)). "
                              f"Received {input_shape!r}.")
+        requested = shape
         seeds = np.random.SeedSequence(self.seed).spawn(len(self.layers))
         for i, (layer, ss) in enumerate(zip(self.layers, seeds)):
             try:
                 shape = layer.build(shape, self.backend, self.dtype, np.random.default_rng(ss))
             except ValueError as exc:
-                raise ShapeError(f"Cannot build layer {i} ('{layer.name}') on input {shape}: {exc}") from None
+                raise ShapeError(f"Cannot build layer {i} ('{layer.name}') on input {shape}: {exc}"
+                                 f"{_channels_last_hint(requested)}") from None
             layer.need_input_grad = i > 0
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.input_shape = requested
         self.output_shape = shape
         return self
 
     @property
     def built(self):
+        """True once the layers have weights (``input_shape`` given, or after the first batch)."""
         return self.input_shape is not None
 
     def count_params(self):
+        """The number of trainable values (weights and biases) of all layers."""
         return sum(layer.count_params() for layer in self.layers)
 
     def summary(self, print_fn=print):
@@ -134,8 +137,13 @@ class Sequential:
             print_fn(text)
         return text
 
-    # -- math ----------------------------------------------------------------------------------
     def forward(self, x, training=True):
+        """Outputs of the model for a device batch ``x`` (an array of the model's backend and dtype).
+
+        Builds the model on ``x.shape[1:]`` when it is not built yet. ``training=True`` applies
+        dropout and keeps each layer's activations for :meth:`backward`; ``training=False`` keeps
+        none. For host NumPy data use :meth:`predict`.
+        """
         if not self.built:
             self.build(tuple(x.shape[1:]))
         for layer in self.layers:
@@ -145,6 +153,11 @@ class Sequential:
         return x
 
     def backward(self, dy):
+        """Back-propagate ``dy`` = ∂E/∂output of the last ``forward(training=True)``.
+
+        Fills every layer's ``grads`` (same keys as ``params``) and frees its activations;
+        returns ∂E/∂input (None: the first layer computes no input gradient).
+        """
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
             layer._cache = None  # free each layer's activations as soon as its gradient is done
@@ -154,8 +167,25 @@ class Sequential:
         """``[(layer, name, array)]`` for every trainable array."""
         return [(layer, k, p) for layer in self.layers for k, p in layer.params.items()]
 
-    # -- training ------------------------------------------------------------------------------
     def compile(self, optimizer="sgd", loss="softmax_cross_entropy", metrics=("accuracy",), learning_rate=None):
+        """Choose the optimizer and the loss; returns the model (``model.compile(...).fit(...)``).
+
+        Parameters
+        ----------
+        optimizer : str, dict or Optimizer
+            ``"sgd"`` (SGD, learning rate 0.01), ``"momentum"`` (SGD with momentum 0.9, 0.01),
+            ``"adam"`` (Adam, 0.001), an optimizer object (``xpcnn.SGD(...)``, ``xpcnn.Adam(...)``)
+            or its ``get_config()`` dict.
+        loss : str
+            ``"softmax_cross_entropy"`` (logits (N, K), integer labels (N,)),
+            ``"binary_cross_entropy"`` (probabilities, e.g. a sigmoid output; targets in [0, 1]),
+            ``"binary_cross_entropy_with_logits"`` (logits; targets in [0, 1]) or
+            ``"squared_error"`` (targets shaped like the output). See :mod:`xpcnn.functional.losses`.
+        metrics : sequence of str
+            Only ``"accuracy"`` (Keras's argument); accuracy is always reported.
+        learning_rate : float, optional
+            Overrides the default learning rate of a named optimizer.
+        """
         if loss not in F.LOSSES:
             raise InputError(f"Unknown loss {loss!r}. Expected one of {sorted(F.LOSSES)}.")
         unknown = [m for m in metrics if m != "accuracy"]  # Keras's argument; accuracy is always reported
@@ -196,17 +226,49 @@ class Sequential:
 
     def fit(self, x, y, batch_size=32, epochs=1, validation_data=None, shuffle=True, seed=None, verbose=1,
             initial_epoch=None, callbacks=(), device_data_bytes=2**31):
-        """Train on host arrays ``x`` (N, C, H, W) and ``y``; returns the history dict.
+        """Train on host arrays ``x`` and ``y``; returns this call's history.
 
-        ``callbacks`` are callables ``cb(model, epoch, logs)`` run after each epoch (the CLI saves
-        checkpoints there). Training continues from ``self.epoch`` unless ``initial_epoch`` is given.
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Inputs of shape (N, *input_shape); (N, H, W) also fits a model with (1, H, W) inputs.
+            Integer images for a model with (C, H, W) inputs are pixels 0..255, divided by 255.
+        y : numpy.ndarray or list
+            Integer class labels (N,) for ``softmax_cross_entropy``; targets shaped like the
+            output, (N, K) (or (N,) for K = 1), for the other losses.
+        epochs : int
+            How many epochs to train: ``epochs`` MORE epochs, from ``self.epoch`` to
+            ``self.epoch + epochs``, when ``initial_epoch`` is None (the default), so that calling
+            ``fit(x, y, epochs=1)`` twice trains two epochs and the learning-rate schedule and the
+            per-epoch data order continue. With ``initial_epoch`` given, Keras's meaning: the index
+            of the last epoch, i.e. train epochs ``initial_epoch`` .. ``epochs - 1``, and nothing
+            when ``epochs <= initial_epoch``.
+        initial_epoch : int, optional
+            The epoch to start from (Keras); ``fit(..., epochs=10, initial_epoch=model.epoch)``
+            trains until ``model.epoch == 10``, whatever was trained before.
+        validation_data : (x_val, y_val), optional
+            Evaluated after every epoch, as ``val_loss`` and ``val_accuracy``.
+        shuffle, seed
+            The data order of epoch ``e`` is ``default_rng([seed, e]).permutation(N)``; ``seed``
+            defaults to the model's.
+        callbacks : iterable of callables
+            ``cb(model, epoch, logs)`` after each epoch (the CLI saves checkpoints there).
+        device_data_bytes : int
+            The whole set moves to the device once when it is at most this big, else batch by batch.
+
+        Returns
+        -------
+        dict
+            A new dict with one entry per epoch trained by THIS call (Keras's ``History.history``):
+            ``loss``, ``accuracy``, ``seconds``, ``images_per_second`` and, with validation data,
+            ``val_loss``, ``val_accuracy``. ``model.history`` keeps every epoch trained since the
+            model was created, in order, across calls and across save / load / resume.
         """
         from .training import run_fit  # the loop, the progress bar and data movement live there
 
         return run_fit(self, x, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
                        shuffle=shuffle, seed=self.seed if seed is None else seed, verbose=verbose,
-                       initial_epoch=self.epoch if initial_epoch is None else initial_epoch,
-                       callbacks=callbacks, device_data_bytes=device_data_bytes)
+                       initial_epoch=initial_epoch, callbacks=callbacks, device_data_bytes=device_data_bytes)
 
     def evaluate(self, x, y, batch_size=256, verbose=0):
         """``{"loss": ..., "accuracy": ...}`` over host arrays ``x``, ``y``."""
@@ -218,20 +280,25 @@ class Sequential:
         """Model outputs for host array ``x``, as a host NumPy array."""
         from .training import check_inputs, device_batches, stage
 
-        data = stage(self, check_inputs(self, x, None)[0], None)
+        data = stage(self, check_inputs(self, x, None, stacklevel=2)[0], None)  # predict -> check_inputs
         outs = [to_numpy(self.forward(xb, training=False)) for xb, _ in device_batches(self, data, batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, *self.output_shape), self.dtype)
 
     def reseed_dropout(self, seed, epoch, step):
+        """Give every Dropout layer the mask generator of (seed, epoch, step): resumable runs."""
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 layer.rng = np.random.default_rng([seed, epoch, step, i])
 
-    # -- weights, devices, files ---------------------------------------------------------------
     def get_weights(self):
+        """Host NumPy copies of all weights, layer by layer, kernel then bias (as Keras)."""
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights):
+        """Replace all weights from a list in the order of :meth:`get_weights` (host or device arrays).
+
+        Raises InputError for a wrong count and ShapeError for a wrong shape.
+        """
         weights = list(weights)
         expected = sum(len(layer.params) for layer in self.layers)
         if len(weights) != expected:
@@ -256,11 +323,13 @@ class Sequential:
         return self
 
     def get_config(self):
+        """The architecture as plain data (input shape and layer configs); no weights."""
         return {"input_shape": list(self.input_shape) if self.built else None,
                 "layers": [layer.get_config() for layer in self.layers]}
 
     @classmethod
     def from_config(cls, config, **kwargs):
+        """A new, freshly initialised model from :meth:`get_config` output."""
         return cls([from_config(c) for c in config["layers"]], input_shape=config.get("input_shape"), **kwargs)
 
     def save(self, path, extra=None):
@@ -268,6 +337,42 @@ class Sequential:
         from .io import save_model
 
         return save_model(self, path, extra=extra)
+
+
+def _channels_last_hint(input_shape):
+    """A hint when ``input_shape`` looks like Keras's (H, W, C): xpcnn's images are (C, H, W)."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 3 and shape[2] in (1, 3) and shape[0] not in (1, 3):
+        return f" xpcnn takes (C, H, W); did you mean input_shape={(shape[2], shape[0], shape[1])}?"
+    return ""
+
+
+def _check_layers(layers):
+    """``layers`` as a list of fresh :class:`Layer` objects, or one InputError saying what is wrong."""
+    if isinstance(layers, Layer):
+        raise InputError(f"Sequential takes a list of layers. Received a {type(layers).__name__} layer; "
+                         "wrap it in a list: Sequential([layer]).")
+    if isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__iter__"):
+        raise InputError(f"Sequential takes a list of layers. Received {type(layers).__name__}.")
+    layers = list(layers)
+    if not layers:
+        raise InputError("Sequential takes a list of layers. Received an empty list; expected at least one layer.")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            kind = f"{type(layer).__module__}.{type(layer).__name__}".removeprefix("builtins.")
+            raise InputError(f"Sequential takes xpcnn layers. Received {kind} at position {i}; "
+                             "expected a layer from xpcnn.layers.")
+        first = next(j for j, other in enumerate(layers) if other is layer)
+        if first != i:
+            raise InputError(f"Layer '{layer.name}' is at positions {first} and {i}. A layer holds one set of "
+                             f"weights and activations: create a new {type(layer).__name__}(...) for each position.")
+        ref = getattr(layer, "_owner", None)
+        owner = ref() if ref is not None else None
+        if owner is not None:
+            raise InputError(f"Layer '{layer.name}' ({type(layer).__name__}, position {i}) already belongs to "
+                             f"model '{owner.name}'; building it here would replace that model's weights. "
+                             f"Create a new {type(layer).__name__}(...) for this model.")
+    return layers
 
 
 def _unique_names(layers):

@@ -12,6 +12,7 @@ and at the end of the epoch. That read is also where a NaN/inf loss is caught, n
 from __future__ import annotations
 
 import time
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -23,13 +24,15 @@ from .errors import InputError, ShapeError
 from .hostmem import keep_freed_host_memory
 
 
-def check_inputs(model, x, y):
+def check_inputs(model, x, y, *, name="x", stacklevel=None):
     """Host arrays ready for :func:`stage`, with every problem named before any device work.
 
     ``x`` comes back in the model's dtype, except integer images (pixels 0..255) for a model with
     (C, H, W) inputs: they come back as uint8 (a quarter of the bytes on the host and the device)
     and :func:`device_batches` turns each batch into pixels in [0, 1] on the device, the same
-    arithmetic as :func:`xpcnn.data.prepare_images`.
+    arithmetic as :func:`xpcnn.data.prepare_images`. Integers for any other model are numbers;
+    uint8 ones (images, most likely) get a UserWarning saying so, pointing ``stacklevel`` frames
+    up (the user's fit/evaluate/predict call); None: no warning.
     """
     if not isinstance(x, np.ndarray):
         raise InputError(f"x must be a NumPy array on the host. Received {type(x).__module__}.{type(x).__name__}.")
@@ -46,6 +49,8 @@ def check_inputs(model, x, y):
             f"Received x.shape={tuple(x.shape)}."
         )
     pixels = x.dtype.kind in "iu" and len(want) == 3  # integer images (N, C, H, W) are pixels
+    if x.dtype == np.uint8 and not pixels and stacklevel is not None:
+        _warn_uint8_numbers(x, tuple(want), name, stacklevel + 2)
     if pixels and x.dtype != np.uint8:  # as in prepare_images
         if x.size and (x.min() < 0 or x.max() > 255):
             raise InputError(f"Integer images must hold pixels in 0..255. Received {x.dtype} values from "
@@ -61,8 +66,9 @@ def check_inputs(model, x, y):
         raise InputError(f"y must be a NumPy array (or a list) on the host, like x. Received "
                          f"{type(y).__module__}.{type(y).__name__}.")
     y = np.asarray(y)
-    if y.shape[0] != x.shape[0]:
-        raise ShapeError(f"x has {x.shape[0]} samples but y has {y.shape[0]}. Expected the same number.")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        got = f"y has {y.shape[0]}" if y.ndim else f"y is a single value {y!r}"
+        raise ShapeError(f"x has {x.shape[0]} samples but {got}. Expected the same number.")
     if not model.built:
         model.build(x.shape[1:])
     k = model.output_shape[-1]
@@ -74,12 +80,48 @@ def check_inputs(model, x, y):
             raise InputError(f"Labels must lie in [0, {k - 1}] for a {k}-class output. "
                              f"Received labels from {y.min()} to {y.max()}.")
         return x, y.astype(np.int64)
+    if y.dtype.kind not in "fiub":
+        raise InputError(f"y must hold numbers. Received dtype {y.dtype}.")
+    given = y.shape
     y = y.reshape(len(y), -1).astype(model.dtype) if y.ndim == 1 else y.astype(model.dtype)
     if y.shape[1:] != tuple(model.output_shape):
-        raise ShapeError(f"y must have shape (N, {k}) to match the model output. Received {y.shape}.")
+        want = ", ".join(map(str, model.output_shape))
+        raise ShapeError(f"y must have shape (N, {want}) to match the model output for {model.loss}"
+                         f"{' (or (N,) for one output)' if model.output_shape == (1,) else ''}. "
+                         f"Received y.shape={given}.")
     if not np.isfinite(y).all():
         raise InputError("y contains NaN or infinite values. Expected finite targets.")
+    why = _unit_targets(model)
+    if why is not None and y.size and (y.min() < 0 or y.max() > 1):
+        raise InputError(f"{model.loss} targets must lie in [0, 1]{why}. Received values from {_num(y.min())} "
+                         f"to {_num(y.max())}.")
     return x, y
+
+
+def _unit_targets(model):
+    """Why the targets must lie in [0, 1] for this model and loss (None when they need not)."""
+    if model.loss in ("binary_cross_entropy", "binary_cross_entropy_with_logits"):
+        return ""  # a target outside [0, 1] gives a negative, meaningless loss
+    last = model.layers[-1]
+    if model.loss == "squared_error" and getattr(last, "activation", None) in ("sigmoid", "softmax"):
+        return (f" for a {last.activation} output (layer '{last.name}'): the outputs cannot reach other "
+                "values; for regression drop the output activation")
+    return None
+
+
+def _num(v):
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _warn_uint8_numbers(x, want, name, stacklevel):
+    shape = "(N, " + ", ".join(map(str, x.shape[1:])) + ")"
+    if len(want) == 2:
+        fix = f"build the model with input_shape={(1, *want)} or pass xpcnn.data.prepare_images({name})"
+    else:
+        fix = f"pass floats: {name}.astype(np.float32) / 255"
+    warnings.warn(f"{name} is uint8 of shape {shape} and the model's inputs are {want}, not images (C, H, W): "
+                  f"the values are used as numbers 0..255. For pixels in [0, 1], {fix}.",
+                  UserWarning, stacklevel=stacklevel)
 
 
 class Staged(NamedTuple):
@@ -137,22 +179,48 @@ def device_batches(model, data: Staged, batch_size, order=None, shard=None):
         yield xb, yb
 
 
-def _check_batch_args(batch_size, epochs):
+def _epoch_range(batch_size, epochs, initial_epoch, done):
+    """(first, stop) epochs of a fit call, see ``Sequential.fit``; ``done``: epochs completed."""
     for name, v in (("batch_size", batch_size), ("epochs", epochs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(f"The `{name}` argument must be a positive int. Received {name}={v!r}")
+    if initial_epoch is None:
+        return done, done + epochs  # `epochs` more, as repeated calls in Keras/PyTorch loops expect
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
+        raise InputError(f"The `initial_epoch` argument must be a non-negative int or None. "
+                         f"Received initial_epoch={initial_epoch!r}")
+    return initial_epoch, epochs  # Keras: `epochs` is the last epoch; nothing when epochs <= initial_epoch
+
+
+def _validation_pair(validation_data):
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+        if validation_data[0] is None or validation_data[1] is None:
+            raise InputError(f"validation_data must be a pair (x_val, y_val). Received "
+                             f"({_kind(validation_data[0])}, {_kind(validation_data[1])}).")
+        return validation_data
+    pair = isinstance(validation_data, (tuple, list))
+    what = f"a {type(validation_data).__name__} of {len(validation_data)}" if pair else _kind(validation_data)
+    raise InputError(f"validation_data must be a pair (x_val, y_val). Received {what}.")
+
+
+def _kind(value):
+    return "None" if value is None else f"{type(value).__module__}.{type(value).__name__}".removeprefix("builtins.")
 
 
 def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, verbose, initial_epoch,
             callbacks, device_data_bytes):
-    _check_batch_args(batch_size, epochs)
+    initial_epoch, epochs = _epoch_range(batch_size, epochs, initial_epoch, model.epoch)
     model._loss_fns()
+    if validation_data is not None:
+        validation_data = _validation_pair(validation_data)
     if model.backend.name == "cpu":
         keep_freed_host_memory()  # ~1.7x images/s on NumPy: steps stop faulting their temporaries in
-    x, y = check_inputs(model, x, y)
+    x_uint8 = getattr(x, "dtype", None) == np.uint8
+    x, y = check_inputs(model, x, y, stacklevel=3)  # the user's fit call: fit -> run_fit -> here
     val_data = None
-    if validation_data is not None:
-        val_data = _eval_data(model, *check_inputs(model, *validation_data))
+    if validation_data is not None:  # one warning a call: x_val only when x had none
+        val_data = _eval_data(model, *check_inputs(model, *validation_data, name="x_val",
+                                                   stacklevel=None if x_uint8 else 3))
     n = x.shape[0]
     train_data = stage(model, x, y, device_data_bytes)  # once for all epochs
     steps = -(-n // batch_size)
@@ -163,6 +231,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     # Full-batch training (one step an epoch, like the tutorial) gets one bar over all epochs.
     run_bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="Training", disable=not verbose or steps > 1,
                    dynamic_ncols=True)
+    history = {}  # this call's epochs; model.history holds them all
     for epoch in range(initial_epoch, epochs):
         model.optimizer.epoch = epoch  # the learning-rate schedule follows the epoch, also on resume
         order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else None
@@ -211,10 +280,11 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
         model.epoch = epoch + 1
         for key, value in logs.items():
             model.history.setdefault(key, []).append(value)
+            history.setdefault(key, []).append(value)
         for cb in callbacks:
             cb(model, epoch, logs)
     run_bar.close()
-    return model.history
+    return history
 
 
 def _sum_over_ranks(comm, values):
@@ -236,7 +306,8 @@ def _check_losses(losses, first, last, epoch, comm=None):
 
 def run_evaluate(model, x, y, *, batch_size=256, verbose=0):
     model._loss_fns()
-    return _evaluate(model, _eval_data(model, *check_inputs(model, x, y)), batch_size=batch_size, verbose=verbose)
+    data = _eval_data(model, *check_inputs(model, x, y, stacklevel=3))  # evaluate -> run_evaluate -> here
+    return _evaluate(model, data, batch_size=batch_size, verbose=verbose)
 
 
 def _eval_data(model, x, y):
