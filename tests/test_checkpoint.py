@@ -294,11 +294,12 @@ def test_modified_array_with_a_consistent_zip_fails_the_digest(saved):
     assert "file is corrupt or was modified: SHA-256" in error_of(path)
 
 
-def test_newer_format_version(saved):
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99])  # the first unsupported one too
+def test_newer_format_version(saved, version):
     path, _ = saved
-    rewrite(path, lambda h: h.update(format_version=99))
+    rewrite(path, lambda h: h.update(format_version=version))
     message = error_of(path)
-    assert "newer xpcnn (format 99)" in message
+    assert f"newer xpcnn (format {version})" in message
     assert "this xpcnn reads format <= 1; upgrade xpcnn" in message
     with pytest.raises(CheckpointError, match="newer"):
         read_header(path)

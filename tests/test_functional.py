@@ -89,7 +89,8 @@ def test_conv2d_does_not_mutate_inputs(case, rng):
 
 
 POOL_CASES = [((2, 3, 6, 6), 2, None), ((1, 2, 7, 5), (3, 2), (2, 1)), ((2, 1, 5, 5), 3, 1),
-              ((1, 2, 4, 6), (1, 3), None)]
+              ((1, 2, 4, 6), (1, 3), None),
+              ((1, 2, 5, 5), 2, None)]  # windows that tile but leave the last row and column out
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
@@ -105,6 +106,18 @@ def test_pooling_forward_and_backward(case, rng, kind, shape, pool, strides):
     want = naive_pool(x, _pair(pool), _pair(strides if strides is not None else pool), reduce)
     np.testing.assert_allclose(case.check(y, want.shape), want, rtol=case.rtol(), atol=case.rtol())
     check_gradients(case, lambda v: fwd(v, pool, strides), bwd, [x], rng)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_gradient_is_exactly_zero_outside_every_window(case, rng, kind):
+    # 5x5 in 2x2 windows of stride 2: row 4 and column 4 are in no window, so they get exactly 0
+    # (not whatever memory a reused buffer held).
+    fwd, bwd = {"max": (F.max_pool2d_forward, F.max_pool2d_backward),
+                "avg": (F.avg_pool2d_forward, F.avg_pool2d_backward)}[kind]
+    y, cache = fwd(case.asarray(rng.standard_normal((1, 2, 5, 5))), 2)
+    dx = case.check(bwd(case.xp.ones_like(y), cache), (1, 2, 5, 5))
+    assert np.all(dx[:, :, 4, :] == 0) and np.all(dx[:, :, :, 4] == 0)
+    assert dx.sum() == 8.0  # each of the 2x2x2 outputs hands back exactly its 1
 
 
 def test_max_pool_ties_go_to_one_position(case):
@@ -131,9 +144,10 @@ def test_activations(case, rng, name):
 
 def test_sigmoid_and_softmax_do_not_overflow(case):
     big = case.asarray(np.array([[-1000.0, 0.0, 1000.0]]))
-    s = case.check(F.sigmoid(big), (1, 3))
+    with np.errstate(over="raise"):  # NumPy cases: an overflowing exp raises (pytest ignores the warning)
+        s = case.check(F.sigmoid(big), (1, 3))
+        sm = case.check(F.softmax(big), (1, 3))
     np.testing.assert_allclose(s, [[0.0, 0.5, 1.0]])
-    sm = case.check(F.softmax(big), (1, 3))
     np.testing.assert_allclose(sm, [[0.0, 0.0, 1.0]])
 
 
@@ -200,6 +214,21 @@ def test_accuracy(case):
     assert float(case.check(F.accuracy(logits, labels), ())) == pytest.approx(2 / 3)
     probs = case.asarray(np.array([[0.9], [0.2]]))
     assert float(case.check(F.accuracy(probs, case.asarray(np.array([[1.0], [1.0]]))), ())) == 0.5
+    # one-hot targets: the arg-max of each row; a probability at the threshold is not above it
+    onehot = case.asarray(np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]))
+    assert float(case.check(F.accuracy(logits, onehot), ())) == pytest.approx(1 / 3)
+    assert float(case.check(F.accuracy(case.asarray(np.array([[0.5]])), case.asarray(np.array([[0.0]]))), ())) == 1
+    # logits: the class is 1 above 0, not above 0.5
+    logit = case.asarray(np.array([[0.3]]))
+    assert float(case.check(F.accuracy(logit, case.asarray(np.array([[1.0]])), threshold=0.0), ())) == 1
+
+
+def test_binary_cross_entropy_is_finite_at_probabilities_0_and_1(case):
+    fwd, bwd, _ = F.LOSSES["binary_cross_entropy"]
+    sure = case.asarray(np.array([[1.0], [0.0]]))
+    loss, cache = fwd(sure, sure)
+    assert 0 <= float(case.check(loss, ())) < 1e-6  # -log(1 - eps): the clip keeps log(0) out
+    assert np.all(np.isfinite(case.check(bwd(cache), (2, 1))))
 
 
 def test_labels_out_of_range_are_refused(case):

@@ -105,3 +105,34 @@ def test_state_of_a_parameter_missing_from_a_checkpoint_starts_at_zero(case, rng
     g = grads[0][0]
     np.testing.assert_allclose(got[0]["kernel"], params[0]["kernel"] + 0.5 * 1.0 - 0.1 * g["kernel"], rtol=1e-12)
     np.testing.assert_allclose(got[0]["bias"], params[0]["bias"] - 0.1 * g["bias"], rtol=1e-12)
+
+
+@pytest.mark.parametrize(("make", "want"), [
+    (lambda: xpcnn.SGD(0.1), 1.0 - 3 * 0.2),
+    (lambda: xpcnn.SGD(0.1, momentum=0.9), 1 - 0.2 - 0.38 - 0.542),  # v = -0.2, -0.38, -0.542
+    (lambda: xpcnn.SGD(0.1, momentum=0.9, nesterov=True), 1 - 0.38 - 0.542 - 0.6878),  # p += μv − ηg
+    (lambda: get("momentum", 0.1), 1 - 0.2 - 0.38 - 0.542),  # the "momentum" name is SGD with μ = 0.9
+])
+def test_three_steps_by_hand(make, want):
+    # p = 1, constant gradient 2, learning rate 0.1: numbers to check with pencil and paper
+    layer = _Layer({"w": np.array([1.0])})
+    layer.grads = {"w": np.array([2.0])}
+    opt = make()
+    for _ in range(3):
+        opt.apply([layer])
+    np.testing.assert_allclose(layer.params["w"], [want], rtol=1e-12)
+
+
+def test_adams_first_step_moves_each_weight_by_the_learning_rate():
+    # bias correction makes step 1 exactly lr · g/|g| (up to ε), whatever the gradient's scale
+    layer = _Layer({"w": np.array([1.0, -2.0])})
+    layer.grads = {"w": np.array([0.5, -3000.0])}
+    xpcnn.Adam(0.1).apply([layer])
+    np.testing.assert_allclose(layer.params["w"], [0.9, -1.9], rtol=1e-6)
+
+
+def test_epoch_decay_schedule():
+    opt = xpcnn.SGD(0.1, epoch_decay=0.5)
+    assert opt.current_learning_rate == 0.1
+    opt.epoch = 2
+    assert opt.current_learning_rate == pytest.approx(0.025)

@@ -8,7 +8,7 @@ The same kernels run on NumPy (CPU) and CuPy (CUDA GPU).
 7850
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from . import functional, initializers, layers, optimizers  # noqa: E402
 from .backend import get_backend, to_numpy  # noqa: E402
