@@ -63,8 +63,15 @@ def test_train_evaluate_summary_resume(capsys, tmp_path, tiny_data_dir):
                              "images_per_second", "device"}
     assert lines[-1]["test_accuracy"] > 0.5  # the generated digits are easy
 
-    code, out, _ = run(["evaluate", "--checkpoint", ckpt, "--data-dir", tiny_data_dir], capsys)
-    assert code == 0 and "accuracy" in out and "400 images" in out
+    code, out, err = run(["evaluate", "--checkpoint", ckpt, "--data-dir", tiny_data_dir], capsys)
+    assert code == 0 and "accuracy" in out and "400 images" in out and "note" not in err
+    fashion = tmp_path / "data" / "fashion-mnist"  # the same files, as Fashion-MNIST: the note says so
+    fashion.mkdir(parents=True)
+    for f in tiny_data_dir.glob("*.gz"):
+        (fashion / f.name).write_bytes(f.read_bytes())
+    code, out, err = run(["evaluate", "--checkpoint", ckpt, "--data-dir", fashion.parent, "--dataset",
+                          "fashion-mnist"], capsys)
+    assert code == 0 and "fashion-mnist test set" in out and "was trained on mnist; evaluating on fashion" in err
     code, out, _ = run(["summary", "--checkpoint", ckpt], capsys)
     assert code == 0 and "Trained 2 epochs" in out
 

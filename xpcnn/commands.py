@@ -292,6 +292,9 @@ def evaluate(args):
     model = load_model(args.checkpoint, device=args.device)
     extra = model.checkpoint_header.get("extra", {})
     dataset = args.dataset or extra.get("dataset", "mnist")
+    if extra.get("dataset") not in (None, dataset):  # allowed (transfer), but not by accident
+        print(f"note: {args.checkpoint} was trained on {extra['dataset']}; evaluating on {dataset}.",
+              file=sys.stderr)
     ds = load_dataset(dataset, args.data_dir, progress=False)
     xt, yt = _split(ds.x_test, ds.y_test, args.test_size, "--test-size", extra.get("task", "classes"))
     result = model.evaluate(xt, yt, batch_size=args.batch_size)

@@ -11,6 +11,7 @@ and at the end of the epoch. That read is also where a NaN/inf loss is caught, n
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from typing import NamedTuple
@@ -229,8 +230,9 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     if comm is not None and batch_size < comm.size:
         raise InputError(f"--batch-size {batch_size} is smaller than the {comm.size} processes; each needs a share.")
     # Full-batch training (one step an epoch, like the tutorial) gets one bar over all epochs.
+    interval = _bar_interval()
     run_bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="Training", disable=not verbose or steps > 1,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=interval)
     history = {}  # this call's epochs; model.history holds them all
     for epoch in range(initial_epoch, epochs):
         model.optimizer.epoch = epoch  # the learning-rate schedule follows the epoch, also on resume
@@ -238,7 +240,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
         losses = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
         hits = xp.zeros(steps, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
         bar = tqdm(total=n, unit="img", desc=f"Epoch {epoch + 1}/{epochs}", disable=not verbose or steps == 1,
-                   leave=True, dynamic_ncols=True)
+                   leave=True, dynamic_ncols=True, mininterval=interval)
         start = last = time.perf_counter()
         seen = seen_here = shown = 0
         shard = None if comm is None else comm.shard
@@ -285,6 +287,15 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
             cb(model, epoch, logs)
     run_bar.close()
     return history
+
+
+def _bar_interval():
+    """Seconds between progress-bar redraws: tqdm's 0.1 on a terminal or in a notebook; 30 when
+    stderr is a file or a pipe (a log), which would otherwise fill with a redraw every 0.1 s
+    (~90 KB a LeNet run): there each epoch leaves its first and last state and one line every 30 s."""
+    from tqdm.notebook import tqdm_notebook
+
+    return 0.1 if issubclass(tqdm, tqdm_notebook) or sys.stderr.isatty() else 30.0
 
 
 def _sum_over_ranks(comm, values):
