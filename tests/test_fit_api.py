@@ -263,3 +263,31 @@ def test_compile_docstring_lists_every_loss_and_optimizer_name():
     for name in ["filters", "kernel_size", "strides", "padding", "dilation_rate", "activation", "use_bias",
                  "kernel_initializer", "OH = (H + PT + PB - DH·(KH - 1) - 1) // SH + 1", "xpcnn.functional.conv"]:
         assert name in inspect.getdoc(L.Conv2D)
+
+
+def test_labels_as_floats_holding_whole_numbers_are_class_labels(rng):
+    x, y = data(rng)
+    a, b = net(seed=1).compile("sgd", loss="softmax_cross_entropy"), net(seed=1).compile("sgd",
+                                                                                           loss="softmax_cross_entropy")
+    a.fit(x, y, epochs=1, verbose=0, seed=0)
+    b.fit(x, y.astype(np.float32), epochs=1, verbose=0, seed=0)  # as Keras takes them
+    assert all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights()))
+    with pytest.raises(InputError, match=r"dtype float64. Expected whole numbers 0..K-1"):
+        b.fit(x, y + 0.5, epochs=1, verbose=0)
+    with pytest.raises(InputError, match=r"shape \(24, 3\).*They look one-hot: pass y.argmax\(axis=1\)"):
+        b.fit(x, np.eye(3)[y], epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(("loss", "last", "warns"), [
+    ("softmax_cross_entropy", L.Dense(3, activation="softmax"), True),
+    ("softmax_cross_entropy", L.Softmax(), True),
+    ("binary_cross_entropy_with_logits", L.Dense(1, activation="sigmoid"), True),
+    ("binary_cross_entropy", L.Dense(1, activation="sigmoid"), False),
+    ("softmax_cross_entropy", L.Dense(3), False),
+])
+def test_an_activation_applied_twice_is_warned_about(loss, last, warns):
+    model = xpcnn.Sequential([L.Flatten(), L.Dense(4), last], input_shape=(1, 2, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.compile("sgd", loss=loss)
+    assert [("applied twice" in str(w.message), w.filename) for w in caught] == ([(True, __file__)] if warns else [])

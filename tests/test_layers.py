@@ -168,3 +168,12 @@ def test_get_weights_returns_copies_that_training_does_not_change(case, rng):
     model.fit(rng.random((8, 1, 2, 2)).astype(case.dtype), rng.integers(0, 2, 8), epochs=2, verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(before, snapshot))
     assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), snapshot))
+
+
+def test_backends_compare_and_hash_by_what_they_name(case):
+    # usable as dict keys and in sets on every backend (CuPy's Device objects themselves are unhashable)
+    from xpcnn.backend import Backend
+
+    twin = Backend(case.backend.name, case.backend.xp, case.backend.device)
+    assert twin == case.backend and hash(twin) == hash(case.backend) and len({twin, case.backend}) == 1
+    assert Backend("other", case.backend.xp, case.backend.device) != case.backend

@@ -129,7 +129,7 @@ def test_to_moves_weights_and_optimizer_state(case, rng):
         (lambda x, y: (np.where(x > 0.99, np.nan, x), y), InputError, "NaN or infinite"),
         (lambda x, y: (x, y + 5), InputError, r"Labels must lie in \[0, 2\]"),
         (lambda x, y: (x, y[:-1]), ShapeError, "samples but y has"),
-        (lambda x, y: (x, y.astype(np.float32)), InputError, "integer class labels"),
+        (lambda x, y: (x, y.astype(np.float32) + 0.5), InputError, "integer class labels"),
         (lambda x, y: (x.astype(object), y), InputError, "must hold numbers"),
     ],
 )

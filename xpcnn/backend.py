@@ -39,7 +39,7 @@ DEVICES = ("cpu", "gpu", "auto")
 DTYPES = ("float32", "float64")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Backend:
     """An Array API namespace and a device of it.
 
@@ -70,6 +70,13 @@ class Backend:
         # An array of another namespace or device (a CuPy array for the CPU, say): through the
         # host, explicitly; NumPy itself refuses to convert a CuPy array implicitly.
         return self.xp.asarray(to_numpy(a), dtype=dtype, device=self.device)
+
+    def __eq__(self, other):
+        return (isinstance(other, Backend) and self.name == other.name and self.xp is other.xp
+                and self.device == other.device)
+
+    def __hash__(self):  # CuPy's Device objects are unhashable: hash what names the device instead
+        return hash((self.name, id(self.xp), str(self.device)))
 
     def dtype(self, name: str):
         """The namespace's dtype object for ``"float32"``/``"float64"``/``"int64"``."""

@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 
 import numpy as np
@@ -193,6 +194,13 @@ class Sequential:
             raise InputError(f"Unknown metrics {unknown}. Expected a subset of ['accuracy'].")
         self.optimizer = optimizers.get(optimizer, learning_rate)
         self.loss = loss
+        twice = {"softmax_cross_entropy": "softmax", "binary_cross_entropy_with_logits": "sigmoid"}.get(loss)
+        last = self.layers[-1]
+        if twice is not None and getattr(last, "activation", None) == twice:
+            warnings.warn(f"{loss} takes logits and applies its own {twice}, but the last layer '{last.name}' "
+                          f"already ends in a {twice}: it would be applied twice. Drop the output activation"
+                          f"{' (or use binary_cross_entropy)' if twice == 'sigmoid' else ''}.", UserWarning,
+                          stacklevel=2)
         return self
 
     def _loss_fns(self):

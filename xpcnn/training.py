@@ -74,9 +74,13 @@ def check_inputs(model, x, y, *, name="x", stacklevel=None):
         model.build(x.shape[1:])
     k = model.output_shape[-1]
     if model.loss == "softmax_cross_entropy":
+        if y.ndim == 1 and y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)  # float labels that hold whole numbers (as Keras takes them)
         if y.ndim != 1 or y.dtype.kind not in "iu":
+            hint = (" They look one-hot: pass y.argmax(axis=1)." if y.ndim == 2 and y.shape[1] == k else
+                    " Expected whole numbers 0..K-1." if y.ndim == 1 else "")
             raise InputError(f"y must be integer class labels of shape (N,). Received shape {y.shape}, "
-                             f"dtype {y.dtype}.")
+                             f"dtype {y.dtype}.{hint}")
         if y.size and (y.min() < 0 or y.max() >= k):
             raise InputError(f"Labels must lie in [0, {k - 1}] for a {k}-class output. "
                              f"Received labels from {y.min()} to {y.max()}.")
