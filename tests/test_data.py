@@ -484,6 +484,9 @@ def test_prepare_images():
         prepare_images(np.array([[[-1, 255]]]))
     with pytest.raises(InputError, match="float32"):
         prepare_images(x, "int8")
+    with pytest.raises(DataError, match=r"shape \(3, 28, 28, 1\), channels last.*x.transpose\(0, 3, 1, 2\)"):
+        prepare_images(x[..., None])  # Keras' (N, H, W, C)
+    assert prepare_images(np.ones((2, 3, 5, 3))).shape == (2, 3, 5, 3)  # 3 channels of 5x3: channels first
 
 
 @pytest.mark.parametrize(("field", "value", "expected"), [

@@ -448,6 +448,9 @@ def prepare_images(x, dtype="float32") -> np.ndarray:
     x = np.asarray(x)
     if x.ndim not in (3, 4):
         raise DataError(f"Images have shape {x.shape}; expected (N, H, W) or (N, C, H, W).")
+    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):  # (N, H, W, C), as Keras keeps them
+        raise DataError(f"Images have shape {x.shape}, channels last; expected channels first (N, C, H, W): "
+                        f"pass x.transpose(0, 3, 1, 2).")
     x = x[:, None] if x.ndim == 3 else x
     if np.issubdtype(x.dtype, np.integer):
         if x.dtype != np.uint8 and x.size and (x.min() < 0 or x.max() > 255):
