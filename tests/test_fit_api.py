@@ -291,3 +291,13 @@ def test_an_activation_applied_twice_is_warned_about(loss, last, warns):
         warnings.simplefilter("always")
         model.compile("sgd", loss=loss)
     assert [("applied twice" in str(w.message), w.filename) for w in caught] == ([(True, __file__)] if warns else [])
+
+
+def test_squared_error_refuses_unreachable_targets_of_a_softmax_output():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((6, 1, 4, 4)).astype(np.float32), 2 * np.eye(3, dtype=np.float32)[np.arange(6) % 3]
+    for layers in ([L.Flatten(), L.Dense(3, activation="softmax")], [L.Flatten(), L.Dense(3), L.Softmax()]):
+        m = xpcnn.Sequential(layers, input_shape=(1, 4, 4)).compile("sgd", loss="squared_error")
+        with pytest.raises(InputError, match=r"^squared_error targets must lie in \[0, 1\] for a softmax output "
+                                             r".*Received values from 0 to 2.$"):
+            m.fit(x, y, verbose=0)

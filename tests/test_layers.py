@@ -177,3 +177,12 @@ def test_backends_compare_and_hash_by_what_they_name(case):
     twin = Backend(case.backend.name, case.backend.xp, case.backend.device)
     assert twin == case.backend and hash(twin) == hash(case.backend) and len({twin, case.backend}) == 1
     assert Backend("other", case.backend.xp, case.backend.device) != case.backend
+
+
+def test_asarray_converts_dtype_and_lands_on_the_backends_device(case):
+    a = case.backend.asarray(np.ones(3), "float32")
+    b = case.backend.asarray(a, "float64")  # already on the backend: converted there
+    assert b.dtype == case.backend.dtype("float64") and case.backend.owns(b)
+    assert case.backend.asarray(a) is a  # no dtype asked: the same array, no copy
+    for value in ([[1.0, 2.0]], 3.0):  # lists and Python scalars, not only NumPy arrays
+        assert case.backend.owns(case.backend.asarray(value, "float32"))

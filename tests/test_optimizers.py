@@ -136,3 +136,28 @@ def test_epoch_decay_schedule():
     assert opt.current_learning_rate == 0.1
     opt.epoch = 2
     assert opt.current_learning_rate == pytest.approx(0.025)
+
+
+def test_momentum_is_kept_when_the_parameter_set_grows():
+    a = _Layer({"w": np.array([1.0])})
+    a.grads = {"w": np.array([2.0])}
+    b = _Layer({"u": np.array([0.0])})
+    b.grads = {"u": np.array([0.0])}
+    opt = xpcnn.SGD(0.1, momentum=0.5)
+    opt.apply([a])  # v = -0.2, w = 0.8
+    opt.apply([a, b])  # a new layout: v_w = 0.5·(-0.2) - 0.2 = -0.3, w = 0.5
+    np.testing.assert_allclose(a.params["w"], [0.5], rtol=1e-12)
+    _, arrays = opt.get_state()
+    np.testing.assert_allclose(arrays["velocity/0/w"], [-0.3], rtol=1e-12)
+
+
+def test_one_optimizer_for_two_models_starts_the_second_at_zero_state():
+    # the same names ("0/w"), other shapes: the first model's velocity does not fit, so it is not used
+    first = _Layer({"w": np.array([1.0])})
+    first.grads = {"w": np.array([2.0])}
+    second = _Layer({"w": np.array([1.0, 1.0])})
+    second.grads = {"w": np.array([2.0, 2.0])}
+    opt = xpcnn.SGD(0.1, momentum=0.5)
+    opt.apply([first])
+    opt.apply([second])
+    np.testing.assert_allclose(second.params["w"], [0.8, 0.8], rtol=1e-12)

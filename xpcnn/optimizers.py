@@ -99,9 +99,9 @@ class Optimizer:
         if name not in self.slots:
             xp = array_namespace(like)
             loaded = self._loaded.pop(name, {})
-            if loaded:  # a parameter without saved state starts at 0
+            if loaded:  # a parameter without state of its shape (new, or another model's) starts at 0
                 self.slots[name] = xp.concat([
-                    xp.reshape(loaded[key], (-1,)) if key in loaded else
+                    xp.reshape(loaded[key], (-1,)) if key in loaded and tuple(loaded[key].shape) == shape else
                     xp.zeros(_size(shape), dtype=like.dtype, device=device(like)) for key, shape in self._layout])
             else:
                 self.slots[name] = xp.zeros_like(like)
