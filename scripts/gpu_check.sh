@@ -34,9 +34,13 @@ cd "$(dirname "$0")/.." || exit 1
 logs=$(mktemp -d)
 
 if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl || { echo "gpu_check: installing the wheels in .whl/ failed" >&2; exit 1; }
-    export PYTHONPATH=/tmp/site
+    # On failure the steps still run (and show the ImportError): the summary then says what broke.
+    if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl >"$logs/wheels.log" 2>&1; then
+        export PYTHONPATH=/tmp/site
+    else
+        echo "gpu_check: installing the wheels in .whl/ failed (see wheels.log in the archive)" >&2
+    fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export CUPY_CACHE_DIR=/tmp/cupy_kernel_cache CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0 XPCNN_REQUIRE_GPU=1
@@ -79,7 +83,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, record the
     local start=$SECONDS
     timeout --kill-after=5 "$limit" "$@" >"$logs/$name.log" 2>&1
     local rc=$?
-    echo "$name rc=$rc seconds=$((SECONDS - start))$([ $rc -eq 124 ] && echo " (time limit $limit s)")"
+    echo "$name rc=$rc seconds=$((SECONDS - start))$([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo " (time limit $limit s)")"
     tail -n 3 "$logs/$name.log"
     [ $rc -eq 0 ] || status=1
     printf '{"step": "%s", "rc": %d, "seconds": %d, "limit": %d}\n' "$name" "$rc" "$((SECONDS - start))" \

@@ -60,7 +60,7 @@ def _cases():
         pytest.param(Case(Backend("strict", xps, xps.Device("device1")), "float32"), id="strict-device1-float32"),
     ]
     problem = gpu_problem()
-    skip = problem and not os.environ.get("XPCNN_REQUIRE_GPU")
+    skip = problem and os.environ.get("XPCNN_REQUIRE_GPU", "0") in ("", "0")
     marks = [pytest.mark.gpu] + ([pytest.mark.skip(reason=f"cupy backend: {problem}")] if skip else [])
     for dt in ("float32", "float64"):
         if problem:

@@ -294,7 +294,8 @@ def test_subprocess_failure_has_no_traceback(tmp_path):
 def test_plots_are_written_and_are_real_pictures(capsys, tmp_path, tiny_data_dir):
     from PIL import Image
 
-    code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--plots", tmp_path / "pics", "--epochs", 1), capsys)
+    code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--plots", f"{tmp_path / 'pics'}/", "--epochs", 1),
+                       capsys)  # a folder not there yet, named with its trailing slash
     assert code == 0 and "Pictures written" in out
     for name in ("history.png", "filters_before.png", "filters_after.png", "feature_maps.png"):
         with Image.open(tmp_path / "pics" / name) as img:
@@ -438,7 +439,9 @@ def test_resume_says_what_it_changes_and_when_there_is_nothing_to_do(capsys, tmp
     assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--checkpoint", ckpt), capsys)[0] == 0
     code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume", "--learning-rate",
                                   "0.0005"), capsys)
-    assert code == 0 and "--learning-rate 0.0005 replaces the saved 0.004 from epoch 2 on." in out
+    assert code == 0 and ("--learning-rate 0.0005 replaces the saved 0.004: epoch 2 runs at learning rate "
+                          "0.0005 × 0.4^1 = 0.0002.") in out
+    assert out.index("Resuming from") < out.index("replaces the saved")
     assert xpcnn.load(ckpt).optimizer.learning_rate == 0.0005
     before = ckpt.read_bytes()
     code, out, _ = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume"), capsys)  # --quiet
@@ -480,3 +483,34 @@ def test_ctrl_c_says_what_is_saved(capsys, tmp_path, tiny_data_dir, monkeypatch)
     assert code == 130 and "Interrupted in epoch 2" in err and "holds epoch 1" in err and "--resume" in err
     code, _, err = run(train_args(tiny_data_dir, tmp_path), capsys)
     assert code == 130 and "No epoch was saved" in err
+
+
+def test_resume_without_a_checkpoint_keeps_another_runs_metrics(capsys, tmp_path, tiny_data_dir):
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text('{"epoch": 1, "note": "run A"}\n')
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--checkpoint", tmp_path / "typo.npz", "--resume",
+                                  "--metrics-out", metrics), capsys)
+    assert code == 2 and "holds the metrics of an earlier run" in err and "run A" in metrics.read_text()
+
+
+def test_resume_takes_the_checkpoints_dtype(capsys, tmp_path, tiny_data_dir):
+    ckpt = tmp_path / "f64.npz"
+    assert run(train_args(tiny_data_dir, tmp_path, "--epochs", 1, "--dtype", "float64", "--checkpoint", ckpt),
+               capsys)[0] == 0
+    assert run(train_args(tiny_data_dir, tmp_path, "--checkpoint", ckpt, "--resume"), capsys)[0] == 0
+    assert xpcnn.load(ckpt).dtype == "float64" and xpcnn.load(ckpt).epoch == 2
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--epochs", 3, "--checkpoint", ckpt, "--resume",
+                                  "--dtype", "float32"), capsys)
+    assert code == 2 and "trained in float64; received --dtype float32" in err
+
+
+def test_library_warnings_reach_the_command_line_as_one_line(capsys, tmp_path, tiny_data_dir):
+    from xpcnn import layers as L
+
+    flat = xpcnn.Sequential([L.Flatten(), L.Dense(10)], input_shape=(28, 28), device="cpu")
+    flat.compile("sgd", loss="softmax_cross_entropy")
+    flat.save(tmp_path / "flat.npz")  # a (28, 28)-input model: MNIST's uint8 pixels are numbers to it
+    code, _, err = run(["evaluate", "--checkpoint", tmp_path / "flat.npz", "--data-dir", tiny_data_dir], capsys)
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1 and lines[0].startswith("xpcnn evaluate: warning: x is uint8")
+    assert "UserWarning" not in err and ".py" not in err

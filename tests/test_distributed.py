@@ -307,3 +307,14 @@ def test_distributed_run_refuses_an_existing_checkpoint_and_overwrites_on_reques
     assert ckpt.read_bytes() == before
     _run(_train(tiny_data_dir, ckpt, ranks=2, epochs=1, extra=("--overwrite",)))
     assert load_checkpoint(ckpt)[0]["epoch"] == 1
+
+
+@needs_mpiexec
+def test_distributed_run_keeps_earlier_metrics_with_exit_2_on_every_rank(tiny_data_dir, tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text('{"epoch": 1, "note": "an earlier run"}\n')
+    done = subprocess.run(_train(tiny_data_dir, tmp_path / "new.npz", ranks=2, epochs=1,
+                                 extra=("--metrics-out", str(metrics))), env=_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and "holds the metrics of an earlier run" in done.stderr
+    assert "Traceback" not in done.stderr and "an earlier run" in metrics.read_text()

@@ -51,7 +51,7 @@ def build_parser():
     t.add_argument("--seed", type=seed_arg, default=None, help="default 0 (a resumed run keeps its own)")
     t.add_argument("--train-size", type=positive_int, help="use the first N training images")
     t.add_argument("--test-size", type=positive_int, help="use the first N test images")
-    t.add_argument("--dtype", choices=DTYPES, default="float32")
+    t.add_argument("--dtype", choices=DTYPES, default=None, help="default float32; with --resume, the checkpoint's")
     t.add_argument("--checkpoint", type=path_arg, default=None,
                    help="checkpoint file, saved atomically after every epoch")
     again = t.add_mutually_exclusive_group()
@@ -116,9 +116,18 @@ def main(argv=None):
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     from . import commands
 
-    # NaN/inf is reported once, clearly, by the training loop; NumPy's warnings would only repeat it.
-    warnings.filterwarnings("ignore", message="(overflow|invalid value|divide by zero) encountered",
-                            category=RuntimeWarning)
+    def one_line(message, category, filename, lineno, file=None, line=None):  # no source path, no code
+        print(f"xpcnn {args.command}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():  # the settings below end with the command (main runs in tests too)
+        warnings.showwarning = one_line
+        # NaN/inf is reported once, clearly, by the training loop; NumPy's warnings would only repeat it.
+        warnings.filterwarnings("ignore", message="(overflow|invalid value|divide by zero) encountered",
+                                category=RuntimeWarning)
+        return _run(commands, args)
+
+
+def _run(commands, args):
     try:
         return getattr(commands, args.command)(args) or 0
     except KeyboardInterrupt:

@@ -85,6 +85,7 @@ def train(args):
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
     comm = None
+    metrics_path = args.metrics_out  # rank 0's file (the other ranks write none)
     if args.distributed:
         from .distributed import init
 
@@ -99,7 +100,8 @@ def train(args):
     if args.plots:  # before any training: a picture folder that cannot be made fails now, not after
         if Path(args.plots).exists() and not Path(args.plots).is_dir():
             raise InputError(f"--plots {args.plots} is a file; expected a folder (it is created if missing).")
-        writable_file(Path(args.plots) / "history.png" if Path(args.plots).is_dir() else args.plots, "plots")
+        folder = Path(args.plots)  # (a Path: "pics/" names the folder, as it should here)
+        writable_file(folder / "history.png" if folder.is_dir() else folder, "plots")  # made later if missing
         from .plots import require_matplotlib
 
         require_matplotlib()  # a missing 'plots' extra is a clear error before the folder is made
@@ -112,9 +114,15 @@ def train(args):
         comm.check_same(len(found), "how many of --checkpoint and its .prev exist")
     if found and not args.resume and not args.overwrite:
         raise InputError(_existing_checkpoint_message(found[0]))
-    if args.metrics_out and not (args.resume or args.overwrite) and main_rank and _nonempty(args.metrics_out):
-        raise InputError(f"--metrics-out {args.metrics_out} holds the metrics of an earlier run. Choose another "
-                         "file, add --resume to continue that run, or --overwrite to replace them.")
+    # Metrics of an earlier run are kept unless this run continues them (a checkpoint was found
+    # to resume) or --overwrite says so; rank 0 decides for all ranks.
+    earlier = bool(args.metrics_out) and not args.overwrite and not (args.resume and found) and \
+        _nonempty(args.metrics_out)
+    if comm is not None:
+        earlier = comm.allreduce_sum([float(earlier)])[0] > 0
+    if earlier:
+        raise InputError(f"--metrics-out {metrics_path} holds the metrics of an earlier run. Choose another file, "
+                         "add --overwrite to replace them, or --resume with that run's --checkpoint.")
     if args.resume and found:
         model = load_model(args.checkpoint, device=backend, fallback=True)
         saved = model.checkpoint_header.get("extra", {})
@@ -124,17 +132,17 @@ def train(args):
             check_arch(model.checkpoint_path, model.checkpoint_header,
                        build_model(preset, device="cpu", dtype=model.dtype).get_config())
         except CheckpointError as exc:
-            raise InputError(f"{exc}. It was not trained with --preset {preset_name}"
-                             f"{'' if args.preset else ' (the default)'}: give the --preset it was trained "
-                             "with, or start a new run (--overwrite or another --checkpoint).") from None
-        if model.dtype != args.dtype:
+            given = ("" if args.preset else " (the default)" if not saved.get("preset") else
+                     " (as its header says)")
+            raise InputError(f"{exc}. It was not trained with --preset {preset_name}{given}: give the --preset "
+                             "it was trained with, or start a new run (--overwrite or another --checkpoint).") from None
+        if args.dtype is not None and model.dtype != args.dtype:  # else: the checkpoint's dtype
             raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
+        changed = []
         for flag, value, attr in (("--learning-rate", args.learning_rate, "learning_rate"),
                                   ("--lr-decay", args.lr_decay, "epoch_decay")):
             if value and value != getattr(model.optimizer, attr):  # a deliberate change, said once
-                if main_rank:
-                    print(f"{flag} {value} replaces the saved {getattr(model.optimizer, attr)} from epoch "
-                          f"{model.epoch + 1} on.", flush=True)
+                changed.append(f"{flag} {value} replaces the saved {getattr(model.optimizer, attr)}")
                 setattr(model.optimizer, attr, value)
         fell_back = Path(model.checkpoint_path) == previous_path(args.checkpoint)
         why = ""
@@ -147,13 +155,19 @@ def train(args):
             why = f" ({args.checkpoint} is missing; its previous version is intact)"
         if main_rank:
             print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}{why}.", flush=True)
+        if changed and main_rank:  # the schedule goes on: epoch e runs at learning_rate · lr_decay^e
+            opt = model.optimizer
+            print(f"{'; '.join(changed)}: epoch {model.epoch + 1} runs at learning rate "
+                  f"{opt.learning_rate:g} × {opt.epoch_decay:g}^{model.epoch} = "
+                  f"{opt.learning_rate * opt.epoch_decay ** model.epoch:.3g}.", flush=True)
     else:
         if args.resume and main_rank:  # said even with --quiet: a mistyped path must not pass unseen
             print(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", flush=True)
         saved = {}
         preset_name = args.preset or "lenet"
         preset = get_preset(preset_name)
-        model = build_model(preset, device=backend, dtype=args.dtype, seed=0 if args.seed is None else args.seed)
+        model = build_model(preset, device=backend, dtype=args.dtype or "float32",
+                            seed=0 if args.seed is None else args.seed)
         opt = optimizers.get(args.optimizer or preset["optimizer"], args.learning_rate or preset["learning_rate"],
                              args.lr_decay or preset.get("lr_decay", 1.0))
         model.compile(opt, loss=preset["loss"])
