@@ -72,3 +72,22 @@ def test_the_json_is_written_after_each_workload(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "run_p5", fake_p5)
     assert main(["--workloads", "P4,P5", "--quick", "--json-out", str(out)]) == 0
     assert [r["name"] for r in seen[0]] == ["fake"]
+
+
+def test_count_ops_measures_the_launch_budget_of_a_step(tmp_path, capsys):
+    # scripts/count_ops.py: the array operations (kernel launches on a GPU) of one LeNet step
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "count_ops.py"
+    out = tmp_path / "ops.json"
+    assert runpy.run_path(str(script))["main"](["--batch-size", "4", "--json-out", str(out)]) == 0
+    rows = {(r["optimizer"], r["phase"]): r for r in json.loads(out.read_text())["rows"]}
+    # Adam's update runs once on one flat vector: about a dozen operations plus one subtraction
+    # per parameter array (LeNet has 10), not a dozen per array (120)
+    assert 11 + 10 <= rows["adam", "optimizer"]["kernels"] <= 25
+    assert rows["sgd", "optimizer"]["kernels"] == 20  # lr·g and p -= ..., per array
+    parts = sum(rows["adam", p]["kernels"] for p in ("forward", "loss", "backward", "optimizer"))
+    assert parts <= rows["adam", "whole train_step"]["kernels"] <= parts + 10  # + the step's accuracy
+    assert rows["adam", "forward"]["by_name"]["matmul"] == 5  # 2 convs + 3 dense: one matmul each
+    assert "LeNet-5" in capsys.readouterr().out
