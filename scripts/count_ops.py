@@ -6,8 +6,10 @@ into a slice, a ``zeros``) is at least one kernel launch, and at LeNet's sizes a
 launches (~5–20 µs of host time each on CuPy), not by arithmetic. This script runs one training
 step on array-api-strict (the standard's reference namespace, whose operations are Python
 functions and so can be counted) and counts the calls that xpcnn's code makes into it, by phase:
-forward, loss, backward, optimizer. Views (reshape, permute_dims, basic slicing) are counted
-apart: CuPy makes them without a kernel.
+forward, loss, backward, optimizer. Views (reshape, permute_dims, basic slicing) and
+uninitialised allocations (``empty``) are counted apart: CuPy makes them without a kernel, except
+that reshaping a non-contiguous array copies (a few times a step: the count is a floor by that
+much).
 
     python scripts/count_ops.py [--batch-size 128] [--json-out ops.json]
 
@@ -40,7 +42,8 @@ STRICT_DIR = os.path.dirname(xps.__file__)
 METADATA = {"shape", "dtype", "device", "ndim", "size", "T", "mT", "__array_namespace__", "__hash__",
             "__index__", "__len__", "isdtype", "result_type", "can_cast", "finfo", "iinfo", "__init__",
             "_new"}
-VIEWS = {"reshape", "permute_dims", "matrix_transpose", "__getitem__", "expand_dims", "squeeze"}
+VIEWS = {"reshape", "permute_dims", "matrix_transpose", "__getitem__", "expand_dims", "squeeze",
+         "empty", "empty_like"}  # (reshape copies a non-contiguous array: a few a step, counted as views)
 
 
 NOT_ARRAYS = ("_devices.py", "_dtypes.py")  # devices and dtypes compared: no array involved
@@ -83,12 +86,12 @@ class OpCounter:
 
 def counted(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` and the OpCounter of the calls it made."""
-    counter = OpCounter()
+    counter, previous = OpCounter(), sys.getprofile()
     sys.setprofile(counter)
     try:
         out = fn(*args, **kwargs)
     finally:
-        sys.setprofile(None)
+        sys.setprofile(previous)  # a profiler that was running goes on
     return out, counter
 
 

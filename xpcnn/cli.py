@@ -116,15 +116,20 @@ def main(argv=None):
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     from . import commands
 
-    def one_line(message, category, filename, lineno, file=None, line=None):  # no source path, no code
-        print(f"xpcnn {args.command}: warning: {message}", file=sys.stderr, flush=True)
+    def one_line(message, category, filename, lineno, line=None):  # no source path, no code line
+        return f"xpcnn {args.command}: warning: {message}\n"
 
-    with warnings.catch_warnings():  # the settings below end with the command (main runs in tests too)
-        warnings.showwarning = one_line
-        # NaN/inf is reported once, clearly, by the training loop; NumPy's warnings would only repeat it.
-        warnings.filterwarnings("ignore", message="(overflow|invalid value|divide by zero) encountered",
-                                category=RuntimeWarning)
-        return _run(commands, args)
+    # Python's own showwarning still writes it (and copes with a closed or broken stderr); only
+    # the wording changes, and only while the command runs (main runs in-process in tests too).
+    formatwarning, warnings.formatwarning = warnings.formatwarning, one_line
+    try:
+        with warnings.catch_warnings():
+            # NaN/inf is reported once, clearly, by the training loop; NumPy's warnings would repeat it.
+            warnings.filterwarnings("ignore", message="(overflow|invalid value|divide by zero) encountered",
+                                    category=RuntimeWarning)
+            return _run(commands, args)
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def _run(commands, args):

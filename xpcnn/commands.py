@@ -155,7 +155,8 @@ def train(args):
             why = f" ({args.checkpoint} is missing; its previous version is intact)"
         if main_rank:
             print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}{why}.", flush=True)
-        if changed and main_rank:  # the schedule goes on: epoch e runs at learning_rate · lr_decay^e
+        if changed and main_rank and (args.epochs or preset["epochs"]) > model.epoch:
+            # the schedule goes on: epoch e runs at learning_rate · lr_decay^e
             opt = model.optimizer
             print(f"{'; '.join(changed)}: epoch {model.epoch + 1} runs at learning rate "
                   f"{opt.learning_rate:g} × {opt.epoch_decay:g}^{model.epoch} = "

@@ -18,8 +18,9 @@ One update for all parameters: the gradients are laid end to end in one flat vec
 takes its slice of the step. Elementwise, the arithmetic is the same as parameter by parameter
 (bit for bit), but a step costs ~a dozen array operations instead of a dozen per parameter
 array: on a GPU each operation is a kernel launch, and LeNet has ten parameter arrays (Adam: 22
-operations a step instead of 120). Plain SGD has no state and keeps going parameter by parameter
-(two operations each; the flat vector would only add a copy). The state is saved per parameter
+operations a step instead of 120, counted by scripts/count_ops.py). Plain SGD has no state and
+keeps going parameter by parameter (two operations each; the flat vector would only add a copy).
+The state is saved per parameter
 (``"m/0/kernel"``, ...), so checkpoints do not depend on the layout.
 
 Examples
