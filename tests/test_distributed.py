@@ -318,3 +318,13 @@ def test_distributed_run_keeps_earlier_metrics_with_exit_2_on_every_rank(tiny_da
                           timeout=120, check=False)
     assert done.returncode == 2 and "holds the metrics of an earlier run" in done.stderr
     assert "Traceback" not in done.stderr and "an earlier run" in metrics.read_text()
+
+
+@needs_mpiexec
+def test_distributed_run_with_an_unwritable_output_exits_2_on_every_rank(tiny_data_dir, tmp_path):
+    # only rank 0 writes metrics, so only rank 0 can find the folder missing: all ranks stop alike
+    done = subprocess.run(_train(tiny_data_dir, tmp_path / "new.npz", ranks=2, epochs=1,
+                                 extra=("--metrics-out", str(tmp_path / "missing" / "m.jsonl"))), env=_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "The metrics folder does not exist" in done.stderr
+    assert "Traceback" not in done.stderr and "MPI_Abort" not in done.stderr

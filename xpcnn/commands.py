@@ -94,17 +94,15 @@ def train(args):
         comm = init(args.device)
         if comm.rank != 0:  # rank 0 alone prints, writes metrics, checkpoints and pictures
             args.quiet, args.metrics_out, args.plots = True, None, None
-    for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
-        if path:
-            writable_file(path, what)
-    if args.plots:  # before any training: a picture folder that cannot be made fails now, not after
-        if Path(args.plots).exists() and not Path(args.plots).is_dir():
-            raise InputError(f"--plots {args.plots} is a file; expected a folder (it is created if missing).")
-        folder = Path(args.plots)  # (a Path: "pics/" names the folder, as it should here)
-        writable_file(folder / "history.png" if folder.is_dir() else folder, "plots")  # made later if missing
-        from .plots import require_matplotlib
-
-        require_matplotlib()  # a missing 'plots' extra is a clear error before the folder is made
+    try:
+        _check_outputs(args)
+        refused = None
+    except InputError as exc:
+        refused = exc
+    if comm is not None and comm.allreduce_sum([float(refused is not None)])[0] > 0:  # rank 0's paths
+        raise refused or InputError("Rank 0 refused its output paths (its message says why).")
+    if refused is not None:
+        raise refused
     backend = get_backend(args.device) if comm is None else comm.backend
     main_rank = comm is None or comm.rank == 0
     # PATH.prev alone is what a crash between the two renames of a save leaves: resume from it.
@@ -244,6 +242,21 @@ def _optimizer_name(optimizer):
     if config["class"] == "Adam":
         return "adam"
     return "momentum" if config.get("momentum") else "sgd"
+
+
+def _check_outputs(args):
+    """Every output path can be written, before any data are read or any epoch is trained."""
+    for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
+        if path:
+            writable_file(path, what)
+    if args.plots:  # a picture folder that cannot be made fails now, not after training
+        if Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise InputError(f"--plots {args.plots} is a file; expected a folder (it is created if missing).")
+        folder = Path(args.plots)  # (a Path: "pics/" names the folder, as it should here)
+        writable_file(folder / "history.png" if folder.is_dir() else folder, "plots")  # made later if missing
+        from .plots import require_matplotlib
+
+        require_matplotlib()  # a missing 'plots' extra is a clear error before the folder is made
 
 
 def _check_resume_options(args, model, saved):
