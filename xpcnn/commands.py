@@ -85,7 +85,6 @@ def train(args):
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
     comm = None
-    metrics_path = args.metrics_out  # rank 0's file (the other ranks write none)
     if args.distributed:
         from .distributed import init
 
@@ -94,33 +93,24 @@ def train(args):
         comm = init(args.device)
         if comm.rank != 0:  # rank 0 alone prints, writes metrics, checkpoints and pictures
             args.quiet, args.metrics_out, args.plots = True, None, None
-    try:
-        _check_outputs(args)
-        refused = None
-    except InputError as exc:
-        refused = exc
-    if comm is not None and comm.allreduce_sum([float(refused is not None)])[0] > 0:  # rank 0's paths
-        raise refused or InputError("Rank 0 refused its output paths (its message says why).")
-    if refused is not None:
-        raise refused
-    backend = get_backend(args.device) if comm is None else comm.backend
-    main_rank = comm is None or comm.rank == 0
     # PATH.prev alone is what a crash between the two renames of a save leaves: resume from it.
     found = [] if not args.checkpoint else \
         [p for p in (Path(args.checkpoint), previous_path(args.checkpoint)) if p.exists()]
     if comm is not None:  # every rank decides alike (a rank-local disk could differ)
         comm.check_same(len(found), "how many of --checkpoint and its .prev exist")
-    if found and not args.resume and not args.overwrite:
-        raise InputError(_existing_checkpoint_message(found[0]))
-    # Metrics of an earlier run are kept unless this run continues them (a checkpoint was found
-    # to resume) or --overwrite says so; rank 0 decides for all ranks.
-    earlier = bool(args.metrics_out) and not args.overwrite and not (args.resume and found) and \
-        _nonempty(args.metrics_out)
-    if comm is not None:
-        earlier = comm.allreduce_sum([float(earlier)])[0] > 0
-    if earlier:
-        raise InputError(f"--metrics-out {metrics_path} holds the metrics of an earlier run. Choose another file, "
-                         "add --overwrite to replace them, or --resume with that run's --checkpoint.")
+    try:
+        _check_outputs(args, found)
+        refused = None
+    except InputError as exc:
+        refused = exc
+    # Rank 0 alone writes outputs, so it alone may refuse: every rank stops with it (exit 2).
+    if comm is not None and comm.allreduce_sum([float(refused is not None)])[0] > 0:
+        raise refused or InputError("Rank 0 refused its outputs (its message says why).")
+    if refused is not None:
+        raise refused
+    backend = get_backend(args.device) if comm is None else comm.backend
+    main_rank = comm is None or comm.rank == 0
+    changed = []  # resume options deliberately changed: said once the epochs to train are known
     if args.resume and found:
         model = load_model(args.checkpoint, device=backend, fallback=True)
         saved = model.checkpoint_header.get("extra", {})
@@ -136,7 +126,6 @@ def train(args):
                              "it was trained with, or start a new run (--overwrite or another --checkpoint).") from None
         if args.dtype is not None and model.dtype != args.dtype:  # else: the checkpoint's dtype
             raise InputError(f"The checkpoint was trained in {model.dtype}; received --dtype {args.dtype}.")
-        changed = []
         for flag, value, attr in (("--learning-rate", args.learning_rate, "learning_rate"),
                                   ("--lr-decay", args.lr_decay, "epoch_decay")):
             if value and value != getattr(model.optimizer, attr):  # a deliberate change, said once
@@ -153,12 +142,6 @@ def train(args):
             why = f" ({args.checkpoint} is missing; its previous version is intact)"
         if main_rank:
             print(f"Resuming from {model.checkpoint_path} after epoch {model.epoch}{why}.", flush=True)
-        if changed and main_rank and (args.epochs or preset["epochs"]) > model.epoch:
-            # the schedule goes on: epoch e runs at learning_rate · lr_decay^e
-            opt = model.optimizer
-            print(f"{'; '.join(changed)}: epoch {model.epoch + 1} runs at learning rate "
-                  f"{opt.learning_rate:g} × {opt.epoch_decay:g}^{model.epoch} = "
-                  f"{opt.learning_rate * opt.epoch_decay ** model.epoch:.3g}.", flush=True)
     else:
         if args.resume and main_rank:  # said even with --quiet: a mistyped path must not pass unseen
             print(f"No checkpoint at {args.checkpoint} yet: starting from scratch.", flush=True)
@@ -171,6 +154,11 @@ def train(args):
                              args.lr_decay or preset.get("lr_decay", 1.0))
         model.compile(opt, loss=preset["loss"])
     epochs = args.epochs or preset["epochs"]
+    if changed and main_rank and epochs > model.epoch:  # the schedule goes on: epoch e runs at rate · decay^e
+        opt = model.optimizer
+        print(f"{'; '.join(changed)}: epoch {model.epoch + 1} runs at learning rate {opt.learning_rate:g} × "
+              f"{opt.epoch_decay:g}^{model.epoch} = {opt.learning_rate * opt.epoch_decay ** model.epoch:.3g}.",
+              flush=True)
     # A resumed run keeps the data and batching it was started with (_check_resume_options
     # refuses others), so that it continues exactly where the interrupted run would have gone.
     dataset = args.dataset or saved.get("dataset") or preset["dataset"]
@@ -244,15 +232,23 @@ def _optimizer_name(optimizer):
     return "momentum" if config.get("momentum") else "sgd"
 
 
-def _check_outputs(args):
-    """Every output path can be written, before any data are read or any epoch is trained."""
+def _check_outputs(args, found):
+    """Every output can be written and nothing saved is lost, before any data are read or any
+    epoch is trained. ``found``: the checkpoint files there already (PATH, PATH.prev)."""
     for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
         if path:
             writable_file(path, what)
+    if found and not args.resume and not args.overwrite:
+        raise InputError(_existing_checkpoint_message(found[0]))
+    # An earlier run's metrics are kept unless this run continues them (a checkpoint was found
+    # to resume) or --overwrite says so.
+    if args.metrics_out and not args.overwrite and not (args.resume and found) and _nonempty(args.metrics_out):
+        raise InputError(f"--metrics-out {args.metrics_out} holds the metrics of an earlier run. Choose another "
+                         "file, add --overwrite to replace them, or --resume with that run's --checkpoint.")
     if args.plots:  # a picture folder that cannot be made fails now, not after training
-        if Path(args.plots).exists() and not Path(args.plots).is_dir():
-            raise InputError(f"--plots {args.plots} is a file; expected a folder (it is created if missing).")
         folder = Path(args.plots)  # (a Path: "pics/" names the folder, as it should here)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--plots {args.plots} is a file; expected a folder (it is created if missing).")
         writable_file(folder / "history.png" if folder.is_dir() else folder, "plots")  # made later if missing
         from .plots import require_matplotlib
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import ARCHIVE_READ_ERRORS, DataError, InputError
+from .errors import ARCHIVE_READ_ERRORS, DataError, InputError, channels_last_order
 from .npy import read_npy_header
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -448,7 +448,7 @@ def prepare_images(x, dtype="float32") -> np.ndarray:
     x = np.asarray(x)
     if x.ndim not in (3, 4):
         raise DataError(f"Images have shape {x.shape}; expected (N, H, W) or (N, C, H, W).")
-    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):  # (N, H, W, C), as Keras keeps them
+    if x.ndim == 4 and channels_last_order(x.shape[1:]):  # (N, H, W, C), as Keras keeps them
         raise DataError(f"Images have shape {x.shape}, channels last; expected channels first (N, C, H, W): "
                         f"pass x.transpose(0, 3, 1, 2).")
     x = x[:, None] if x.ndim == 3 else x

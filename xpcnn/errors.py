@@ -37,6 +37,22 @@ class DeviceError(XpcnnError, RuntimeError):
     """The requested device cannot be used (CuPy missing, no CUDA device, out of memory)."""
 
 
+def type_name(value) -> str:
+    """How messages name what they received: ``numpy.ndarray``, ``cupy.ndarray``, ``list``, ``None``."""
+    if value is None:
+        return "None"
+    return f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+
+
+def channels_last_order(shape):
+    """For a per-sample image shape that looks like Keras' (H, W, C) — 1, 3 or 4 channels last and
+    not first — the (C, H, W) order xpcnn uses; else None."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 3 and shape[2] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        return shape[2], shape[0], shape[1]
+    return None
+
+
 # What a damaged or hostile .npz/zip archive can make zipfile, zlib and numpy.lib.format raise
 # (found by fuzzing): NumPy parses a .npy header with ast.literal_eval (SyntaxError,
 # tokenize.TokenError, RecursionError); zipfile raises NotImplementedError (a RuntimeError) for an

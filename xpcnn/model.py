@@ -36,7 +36,7 @@ import numpy as np
 from . import functional as F
 from . import optimizers
 from .backend import DTYPES, Backend, get_backend, to_numpy
-from .errors import InputError, ShapeError, XpcnnError
+from .errors import InputError, ShapeError, XpcnnError, channels_last_order, type_name
 from .layers import Dropout, Layer, from_config
 
 
@@ -349,10 +349,8 @@ class Sequential:
 
 def _channels_last_hint(input_shape):
     """A hint when ``input_shape`` looks like Keras's (H, W, C): xpcnn's images are (C, H, W)."""
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 3 and shape[2] in (1, 3) and shape[0] not in (1, 3):
-        return f" xpcnn takes (C, H, W); did you mean input_shape={(shape[2], shape[0], shape[1])}?"
-    return ""
+    order = channels_last_order(input_shape)
+    return "" if order is None else f" xpcnn takes (C, H, W); did you mean input_shape={order}?"
 
 
 def _check_layers(layers):
@@ -365,12 +363,12 @@ def _check_layers(layers):
     layers = list(layers)
     if not layers:
         raise InputError("Sequential takes a list of layers. Received an empty list; expected at least one layer.")
+    position = {}  # id(layer) -> where it first stands
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            kind = f"{type(layer).__module__}.{type(layer).__name__}".removeprefix("builtins.")
-            raise InputError(f"Sequential takes xpcnn layers. Received {kind} at position {i}; "
+            raise InputError(f"Sequential takes xpcnn layers. Received {type_name(layer)} at position {i}; "
                              "expected a layer from xpcnn.layers.")
-        first = next(j for j, other in enumerate(layers) if other is layer)
+        first = position.setdefault(id(layer), i)
         if first != i:
             raise InputError(f"Layer '{layer.name}' is at positions {first} and {i}. A layer holds one set of "
                              f"weights and activations: create a new {type(layer).__name__}(...) for each position.")

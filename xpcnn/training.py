@@ -21,7 +21,7 @@ from array_api_compat import is_array_api_obj
 from tqdm.auto import tqdm
 
 from .backend import is_out_of_memory, to_numpy
-from .errors import InputError, ShapeError
+from .errors import InputError, ShapeError, type_name
 from .hostmem import keep_freed_host_memory
 
 
@@ -36,7 +36,7 @@ def check_inputs(model, x, y, *, name="x", stacklevel=None):
     up (the user's fit/evaluate/predict call); None: no warning.
     """
     if not isinstance(x, np.ndarray):
-        raise InputError(f"x must be a NumPy array on the host. Received {type(x).__module__}.{type(x).__name__}.")
+        raise InputError(f"x must be a NumPy array on the host. Received {type_name(x)}.")
     if x.dtype.kind not in "fiub":
         raise InputError(f"x must hold numbers. Received dtype {x.dtype}.")
     if x.shape[0] == 0:
@@ -64,8 +64,7 @@ def check_inputs(model, x, y, *, name="x", stacklevel=None):
     if y is None:
         return x, None
     if is_array_api_obj(y) and not isinstance(y, np.ndarray):
-        raise InputError(f"y must be a NumPy array (or a list) on the host, like x. Received "
-                         f"{type(y).__module__}.{type(y).__name__}.")
+        raise InputError(f"y must be a NumPy array (or a list) on the host, like x. Received {type_name(y)}.")
     y = np.asarray(y)
     if y.ndim == 0 or y.shape[0] != x.shape[0]:
         got = f"y has {y.shape[0]}" if y.ndim else f"y is a single value {y!r}"
@@ -201,15 +200,11 @@ def _validation_pair(validation_data):
     if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
         if validation_data[0] is None or validation_data[1] is None:
             raise InputError(f"validation_data must be a pair (x_val, y_val). Received "
-                             f"({_kind(validation_data[0])}, {_kind(validation_data[1])}).")
+                             f"({type_name(validation_data[0])}, {type_name(validation_data[1])}).")
         return validation_data
     pair = isinstance(validation_data, (tuple, list))
-    what = f"a {type(validation_data).__name__} of {len(validation_data)}" if pair else _kind(validation_data)
+    what = f"a {type(validation_data).__name__} of {len(validation_data)}" if pair else type_name(validation_data)
     raise InputError(f"validation_data must be a pair (x_val, y_val). Received {what}.")
-
-
-def _kind(value):
-    return "None" if value is None else f"{type(value).__module__}.{type(value).__name__}".removeprefix("builtins.")
 
 
 def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, verbose, initial_epoch,
