@@ -58,6 +58,8 @@ class Optimizer:
     flat state from ``_slot(name, g)``.
     """
 
+    stateless = False  # True: _step(g) needs no state, so it runs parameter by parameter
+
     def __init__(self, learning_rate, epoch_decay=1.0):
         self.learning_rate = _positive("learning_rate", learning_rate)
         self.epoch_decay = _positive("epoch_decay", epoch_decay)
@@ -87,13 +89,9 @@ class Optimizer:
         if layout != self._layout:  # the first step (or new parameters): lay the state out anew
             self._loaded = self._per_parameter() or self._loaded
             self._layout, self.slots = layout, {}
-        g = xp.concat([xp.reshape(g, (-1,)) for _, _, g in params])
-        step = self._step(g)
-        start = 0
-        for _, p, _ in params:
-            stop = start + _size(p.shape)
-            p -= xp.reshape(step[start:stop], p.shape)
-            start = stop
+        step = self._step(xp.concat([xp.reshape(g, (-1,)) for _, _, g in params]))
+        for (_, p, _), (_, piece) in zip(params, self._pieces(step)):
+            p -= piece
 
     def _slot(self, name, like):
         """Flat state ``name`` (zeros at first, or what set_state gave, laid out as the parameters)."""
@@ -108,8 +106,6 @@ class Optimizer:
                 self.slots[name] = xp.zeros_like(like)
         return self.slots[name]
 
-    stateless = False  # True: _step(g) needs no state, so it runs parameter by parameter
-
     def _step(self, g):
         raise NotImplementedError
 
@@ -117,17 +113,18 @@ class Optimizer:
         raise NotImplementedError
 
     # -- checkpoints: host arrays, loaded back onto any device ---------------------------------
+    def _pieces(self, flat):
+        """``[(key, view)]``: a flat vector cut into one array per parameter, in layout order."""
+        xp, start, pieces = array_namespace(flat), 0, []
+        for key, shape in self._layout:
+            stop = start + _size(shape)
+            pieces.append((key, xp.reshape(flat[start:stop], shape)))
+            start = stop
+        return pieces
+
     def _per_parameter(self):
         """{slot: {key: array}}: the flat state cut back into one array per parameter."""
-        tables = {}
-        for name, flat in self.slots.items():
-            start, table = 0, {}
-            for key, shape in self._layout:
-                stop = start + _size(shape)
-                table[key] = array_namespace(flat).reshape(flat[start:stop], shape)
-                start = stop
-            tables[name] = table
-        return tables
+        return {name: dict(self._pieces(flat)) for name, flat in self.slots.items()}
 
     def get_state(self):
         tables = {**self._loaded, **self._per_parameter()}
