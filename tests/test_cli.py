@@ -60,7 +60,7 @@ def test_train_evaluate_summary_resume(capsys, tmp_path, tiny_data_dir):
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert set(lines[0]) == {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
-                             "images_per_second", "device"}
+                             "images_per_second", "device", "threads"}
     assert lines[-1]["test_accuracy"] > 0.5  # the generated digits are easy
 
     code, out, err = run(["evaluate", "--checkpoint", ckpt, "--data-dir", tiny_data_dir], capsys)

@@ -197,7 +197,7 @@ def test_a_stalled_rank_trips_the_watchdog(tiny_data_dir, tmp_path):
 
 FAILING_RANK = """
 import sys, numpy as np
-from xpcnn.distributed import init
+from xpcnn.parallel.mpi import init
 comm = init("cpu", timeout=60)
 comm.allreduce_sum(np.ones(1))
 if comm.rank == 1:
@@ -226,13 +226,13 @@ class _Layer:
 def comm():
     if NO_MPI4PY:
         pytest.skip(NO_MPI4PY)
-    from xpcnn.distributed import init
+    from xpcnn.parallel.mpi import init
 
     return init("cpu")
 
 
 def test_shards_are_contiguous_balanced_and_cover_everything():
-    from xpcnn.distributed import shard_bounds
+    from xpcnn.parallel import shard_bounds
 
     for n in (0, 1, 5, 64, 65):
         for size in (1, 2, 3, 7):
@@ -275,7 +275,7 @@ def test_broadcast_on_one_rank_keeps_the_parameters(comm, case, rng):
 
 
 def test_timeout_comes_from_the_argument_or_the_environment(monkeypatch):
-    from xpcnn.distributed import DEFAULT_TIMEOUT, _timeout
+    from xpcnn.parallel.mpi import DEFAULT_TIMEOUT, _timeout
 
     monkeypatch.delenv("XPCNN_MPI_TIMEOUT", raising=False)
     assert _timeout(None) == DEFAULT_TIMEOUT and _timeout(5) == 5.0 and _timeout(0) == float("inf")
@@ -289,7 +289,7 @@ def test_timeout_comes_from_the_argument_or_the_environment(monkeypatch):
 
 
 def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
-    import xpcnn.distributed as dist
+    import xpcnn.parallel.mpi as dist
 
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
     with pytest.raises(InputError, match=r"pip install 'xpcnn\[mpi\]'.*mpirun -n K"):

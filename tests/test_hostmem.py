@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 STEPS = """
 import resource, sys
 import numpy as np
-from xpcnn.hostmem import keep_freed_host_memory
+from xpcnn.backend.hostmem import keep_freed_host_memory
 tuned = keep_freed_host_memory() if sys.argv[1] == "tune" else None
 def step():
     a, b, c = (np.ones(2_500_000, np.float32) for _ in range(3))

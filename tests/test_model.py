@@ -97,7 +97,7 @@ def test_loading_into_another_architecture_is_refused(case, tmp_path):
     small_net(case).save(tmp_path / "m.npz")
     other = xpcnn.Sequential([L.Flatten(), L.Dense(3)], input_shape=(1, 8, 8))
     with pytest.raises(CheckpointError, match="arch"):
-        xpcnn.io.load_model(tmp_path / "m.npz", expected_arch=other.get_config())
+        xpcnn.Sequential.load(tmp_path / "m.npz", expected_arch=other.get_config())
 
 
 def test_exploding_loss_stops_with_epoch_and_step(case, rng):

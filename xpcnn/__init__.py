@@ -8,24 +8,21 @@ The same kernels run on NumPy (CPU) and CuPy (CUDA GPU).
 7850
 """
 
-__version__ = "0.3.0"
-
-from . import functional, initializers, layers, optimizers  # noqa: E402
-from .backend import get_backend, to_numpy  # noqa: E402
-from .errors import CheckpointError, DataError, DeviceError, InputError, ShapeError, XpcnnError  # noqa: E402
-from .model import NonFiniteLossError, Sequential  # noqa: E402
-from .optimizers import SGD, Adam  # noqa: E402
+from . import functional, initializers, layers, optimizers
+from ._version import __version__
+from .backend import get_backend, to_numpy
+from .errors import CheckpointError, DataError, DeviceError, InputError, ShapeError, XpcnnError
+from .model import NonFiniteLossError, Sequential
+from .optimizers import SGD, Adam
 
 
 def load(path, device=None):
-    """Load a model saved with ``model.save(path)`` onto ``device`` (see :mod:`xpcnn.io`)."""
-    from .io import load_model
-
-    return load_model(path, device=device)
+    """Load a model saved with ``model.save(path)`` onto ``device`` (see :meth:`Sequential.load`)."""
+    return Sequential.load(path, device=device)
 
 
 __all__ = [
     "SGD", "Adam", "CheckpointError", "DataError", "DeviceError", "InputError", "NonFiniteLossError", "Sequential",
     "ShapeError", "XpcnnError", "functional", "get_backend", "initializers", "layers", "load", "optimizers",
-    "to_numpy",
+    "to_numpy", "__version__",
 ]

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._version import __version__
 from .errors import ARCHIVE_READ_ERRORS, CheckpointError
 from .npy import read_npy_header
 
@@ -105,8 +106,6 @@ def save_checkpoint(path, header, arrays, *, keep_previous=True) -> Path:
         On a bad name, dtype or header value (before anything is written), or when the file
         cannot be written (the reason from the OS is quoted; an earlier checkpoint is unchanged).
     """
-    from . import __version__
-
     path = Path(path)
     arrays = _checked_arrays(arrays)
     if not isinstance(header, Mapping):

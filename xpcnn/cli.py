@@ -11,12 +11,15 @@ import os
 import sys
 import warnings
 
-from . import __version__
+from . import commands
+from ._version import __version__
 from .argtypes import path_arg, positive_float, positive_int, seed_arg
 from .backend import DEVICES, DTYPES, default_device, is_out_of_memory
+from .bench import main as bench_main
 from .data import DATASETS
 from .errors import XpcnnError
 from .presets import PRESETS
+from .training import NonFiniteLossError
 
 
 def _device_arg(p):
@@ -60,6 +63,9 @@ def build_parser():
     t.add_argument("--metrics-out", type=path_arg, default=None, help="JSON lines file: one object per epoch")
     t.add_argument("--plots", type=path_arg, default=None, metavar="DIR",
                    help="write curves, filters and feature maps here")
+    t.add_argument("--threads", type=positive_int, default=None,
+                   help="training threads on the CPU (default: one per usable core, at most one per 32 images "
+                        "of a batch; 1 with --distributed)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI ranks (run under mpirun -n K; needs the 'mpi' extra)")
@@ -107,15 +113,11 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # the benchmark has its own options: hand them over untouched
-        from .bench import main as bench_main
-
         return bench_main(argv[1:])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # with the subcommand's usage line, not the top-level one
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    from . import commands
-
     def one_line(message, category, filename, lineno, line=None):  # no source path, no code line
         return f"xpcnn {args.command}: warning: {message}\n"
 
@@ -152,8 +154,6 @@ def _run(commands, args):
 
 def describe(exc, args):
     """(exit code, message) for an exception reaching the command line."""
-    from .model import NonFiniteLossError
-
     if isinstance(exc, NonFiniteLossError):
         return 1, str(exc)
     if is_out_of_memory(exc):

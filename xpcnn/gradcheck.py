@@ -42,7 +42,7 @@ class GradRow:
 def _loss(model, x, y):
     model.reseed_dropout(model.seed, 0, 0)  # the same dropout mask for every evaluation
     out = model.forward(x, training=True)
-    loss, cache = model._loss_fns()[0](out, y)
+    loss, cache = model.loss_function.forward(out, y)
     return loss, cache
 
 
@@ -65,7 +65,7 @@ def _richardson(model, x, y, p, idx, h):
 def gradcheck(model, x, y, *, entries=12, steps=(1e-6, 1e-5, 1e-4, 1e-3), bound=1e-6, seed=0):
     """Rows of :class:`GradRow`, one per parameter array. ``x``, ``y`` are device arrays."""
     loss, cache = _loss(model, x, y)
-    model.backward(model._loss_fns()[1](cache))
+    model.backward(model.loss_function.backward(cache))
     rng = np.random.default_rng(seed)
     rows = []
     for layer in model.layers:

@@ -27,7 +27,6 @@ Examples
 
 from __future__ import annotations
 
-import math
 import warnings
 import weakref
 
@@ -36,20 +35,13 @@ import numpy as np
 from . import functional as F
 from . import optimizers
 from .backend import DTYPES, Backend, get_backend, to_numpy
-from .errors import InputError, ShapeError, XpcnnError, channels_last_order, type_name
+from .checkpoint import load_checkpoint, load_latest_good, save_checkpoint
+from .errors import CheckpointError, InputError, ShapeError, channels_last_order, type_name
 from .layers import Dropout, Layer, from_config
+from .parallel import LOCAL
+from .training import NonFiniteLossError, check_inputs, device_batches, run_evaluate, run_fit, stage
 
-
-class NonFiniteLossError(XpcnnError, FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-    def __init__(self, epoch, step, value):
-        self.epoch, self.step, self.value = epoch, step, value
-        super().__init__(
-            f"The training loss became {value} at epoch {epoch + 1}, step {step + 1}. The learning rate "
-            "is probably too large: lower --learning-rate. Parameters after this step are not finite; "
-            "nothing was saved from this epoch (a checkpoint, if any, still holds the last good one)."
-        )
+__all__ = ["NonFiniteLossError", "Sequential"]
 
 
 class Sequential:
@@ -80,8 +72,11 @@ class Sequential:
         self.input_shape = None
         self.optimizer, self.loss = None, None
         self.epoch = 0  # epochs completed (what resume continues from)
-        self.comm = None  # a xpcnn.distributed.Communicator when training data-parallel
         self.history = {}
+        #: The header of the checkpoint this model was loaded from (:meth:`load`), else None.
+        self.checkpoint_header = None
+        #: The file it was loaded from: the path given, or its ``.prev`` when that was damaged.
+        self.checkpoint_path = None
         if input_shape is not None:
             self.build(input_shape)
         for layer in self.layers:  # claimed only once the model exists: a failed attempt can be retried
@@ -203,19 +198,22 @@ class Sequential:
                           stacklevel=2)
         return self
 
-    def _loss_fns(self):
+    @property
+    def loss_function(self):
+        """The compiled loss as a :class:`xpcnn.functional.Loss` record (forward, backward, threshold)."""
         if self.loss is None:
             raise InputError("Call model.compile(optimizer=..., loss=...) before fit/evaluate.")
         return F.LOSSES[self.loss]
 
-    def train_step(self, xb, yb, global_batch=None):
+    def train_step(self, xb, yb, comm=LOCAL, global_batch=None):
         """One gradient step on a device batch; returns (loss, accuracy) as device 0-d arrays.
 
-        Data-parallel: ``xb`` is this rank's shard of a batch of ``global_batch`` samples; the
-        gradient of the shard's mean loss, weighted by shard/global size and summed over the
-        ranks (one allreduce), is the gradient of the global batch's mean loss.
+        ``xb`` is this rank's shard of a batch of ``global_batch`` samples (default: all of it);
+        the gradient of the shard's mean loss, weighted by shard/global size and summed over the
+        ranks of ``comm`` (the identity for one rank), is the gradient of the global batch's mean
+        loss (see :mod:`xpcnn.parallel`).
         """
-        fwd, bwd, threshold = self._loss_fns()
+        loss_fn = self.loss_function
         weighted = [layer for layer in self.layers if layer.params]
         if xb.shape[0] == 0:  # an empty shard still joins the allreduce, with zero gradients
             for layer in weighted:
@@ -224,16 +222,15 @@ class Sequential:
             loss = acc = zero
         else:
             out = self.forward(xb, training=True)
-            loss, cache = fwd(out, yb)
-            self.backward(bwd(cache))
-            acc = F.accuracy(out, yb, threshold=threshold)
-        if self.comm is not None:
-            self.comm.allreduce_gradients(weighted, xb.shape[0] / (global_batch or xb.shape[0]))
+            loss, cache = loss_fn.forward(out, yb)
+            self.backward(loss_fn.backward(cache))
+            acc = F.accuracy(out, yb, threshold=loss_fn.threshold)
+        comm.allreduce_gradients(weighted, xb.shape[0] / (global_batch or xb.shape[0]))
         self.optimizer.apply(weighted)
         return loss, acc
 
     def fit(self, x, y, batch_size=32, epochs=1, validation_data=None, shuffle=True, seed=None, verbose=1,
-            initial_epoch=None, callbacks=(), device_data_bytes=2**31):
+            initial_epoch=None, callbacks=(), device_data_bytes=2**31, threads=None, comm=None):
         """Train on host arrays ``x`` and ``y``; returns this call's history.
 
         Parameters
@@ -263,6 +260,16 @@ class Sequential:
             ``cb(model, epoch, logs)`` after each epoch (the CLI saves checkpoints there).
         device_data_bytes : int
             The whole set moves to the device once when it is at most this big, else batch by batch.
+        threads : int, optional
+            Data parallelism inside this process: each batch is split into ``threads`` shards that
+            model replicas (one per thread) run through forward and backward at once, BLAS held
+            to one thread each, the gradients summed in a fixed order (bit-identical run to run
+            for a given number; equal to one thread's to float rounding). Default: on the CPU,
+            one per usable core but at most one per 32 samples of a batch; elsewhere 1.
+        comm : xpcnn.parallel.Communicator, optional
+            Train data-parallel as one rank of ``comm`` (e.g. :func:`xpcnn.parallel.mpi.init`):
+            this rank takes its shard of every batch and of the validation data; metrics are
+            summed over the ranks. Default: one rank.
 
         Returns
         -------
@@ -272,25 +279,32 @@ class Sequential:
             ``val_loss``, ``val_accuracy``. ``model.history`` keeps every epoch trained since the
             model was created, in order, across calls and across save / load / resume.
         """
-        from .training import run_fit  # the loop, the progress bar and data movement live there
-
         return run_fit(self, x, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
                        shuffle=shuffle, seed=self.seed if seed is None else seed, verbose=verbose,
-                       initial_epoch=initial_epoch, callbacks=callbacks, device_data_bytes=device_data_bytes)
+                       initial_epoch=initial_epoch, callbacks=callbacks, device_data_bytes=device_data_bytes,
+                       threads=threads, comm=LOCAL if comm is None else comm)
 
     def evaluate(self, x, y, batch_size=256, verbose=0):
         """``{"loss": ..., "accuracy": ...}`` over host arrays ``x``, ``y``."""
-        from .training import run_evaluate
-
-        return run_evaluate(self, x, y, batch_size=batch_size, verbose=verbose)
+        return run_evaluate(self, x, y, comm=LOCAL, batch_size=batch_size, verbose=verbose)
 
     def predict(self, x, batch_size=256):
         """Model outputs for host array ``x``, as a host NumPy array."""
-        from .training import check_inputs, device_batches, stage
-
         data = stage(self, check_inputs(self, x, None, stacklevel=2)[0], None)  # predict -> check_inputs
         outs = [to_numpy(self.forward(xb, training=False)) for xb, _ in device_batches(self, data, batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, *self.output_shape), self.dtype)
+
+    def replica(self):
+        """A copy that trains in step with this model: same layers, weights, optimizer and state,
+        loss, epoch and history, on the same device (no arrays shared)."""
+        twin = type(self).from_config(self.get_config(), device=self.backend, dtype=self.dtype, seed=self.seed)
+        twin.set_weights(self.get_weights())
+        if self.optimizer is not None:
+            twin.compile(optimizers.get(self.optimizer.get_config()), loss=self.loss)
+            twin.optimizer.epoch = self.optimizer.epoch
+            twin.optimizer.set_state(*self.optimizer.get_state(), self.backend, self.dtype)
+        twin.epoch, twin.history = self.epoch, {k: list(v) for k, v in self.history.items()}
+        return twin
 
     def reseed_dropout(self, seed, epoch, step):
         """Give every Dropout layer the mask generator of (seed, epoch, step): resumable runs."""
@@ -340,11 +354,84 @@ class Sequential:
         """A new, freshly initialised model from :meth:`get_config` output."""
         return cls([from_config(c) for c in config["layers"]], input_shape=config.get("input_shape"), **kwargs)
 
+    # -- checkpoints (the file format is xpcnn.checkpoint's) ----------------------------------------
     def save(self, path, extra=None):
-        """Write a checkpoint (weights, optimizer state, config, epoch, history); see xpcnn.io."""
-        from .io import save_model
+        """Write a checkpoint atomically (the previous file is kept as ``<path>.prev``); returns the path.
 
-        return save_model(self, path, extra=extra)
+        The header holds what is needed to rebuild and resume: ``arch`` (:meth:`get_config`),
+        ``dtype``, ``seed``, ``loss``, ``optimizer`` (config and iteration count), ``epoch``
+        (completed), ``history``, the device it was trained on, and ``extra`` (the CLI stores its
+        options there). Arrays: ``weights/<layer index>/<name>`` and
+        ``optimizer/<slot>/<layer index>/<name>``, all host NumPy data: a model trained on a GPU
+        loads on a CPU-only machine.
+
+        >>> import tempfile, pathlib, numpy as np, xpcnn
+        >>> m = xpcnn.Sequential([xpcnn.layers.Flatten(), xpcnn.layers.Dense(3)], input_shape=(1, 2, 2))
+        >>> p = m.save(pathlib.Path(tempfile.mkdtemp()) / "m.npz")
+        >>> all(np.array_equal(a, b) for a, b in zip(m.get_weights(), xpcnn.load(p).get_weights()))
+        True
+        """
+        if not self.built:
+            raise CheckpointError("Cannot save a model that is not built: give input_shape or train it first.")
+        arrays = {f"weights/{i}/{name}": w for i, layer in enumerate(self.layers)
+                  for name, w in zip(layer.params, layer.get_weights())}
+        optimizer = None
+        if self.optimizer is not None:
+            meta, state = self.optimizer.get_state()
+            arrays.update({f"optimizer/{k}": v for k, v in state.items()})
+            optimizer = {"config": self.optimizer.get_config(), **meta}
+        header = {"arch": self.get_config(), "dtype": self.dtype, "seed": self.seed, "loss": self.loss,
+                  "optimizer": optimizer, "epoch": self.epoch, "history": self.history, "device": str(self.backend),
+                  "extra": extra or {}}
+        return save_checkpoint(path, header, arrays)
+
+    @classmethod
+    def from_header(cls, header, device=None, where="checkpoint"):
+        """The architecture a checkpoint header describes, freshly built (no weights loaded)."""
+        try:
+            return cls.from_config(header["arch"], device=device, dtype=header["dtype"],
+                                   seed=int(header.get("seed", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: the header does not describe an xpcnn model ({exc}).") from None
+
+    @classmethod
+    def from_checkpoint(cls, header, arrays, device=None, where="checkpoint"):
+        """A model (weights, optimizer state, epoch, history) from what :meth:`save` wrote."""
+        model = cls.from_header(header, device, where)
+        weights = []
+        for i, layer in enumerate(model.layers):
+            for name in layer.params:
+                key = f"weights/{i}/{name}"
+                if key not in arrays:
+                    raise CheckpointError(f"{where}: array {key!r} is missing for layer '{layer.name}'.")
+                weights.append(arrays[key])
+        try:
+            model.set_weights(weights)
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: weights do not fit the architecture: {exc}") from None
+        opt = header.get("optimizer")
+        if header.get("loss"):
+            model.compile(optimizer=optimizers.get(opt["config"]) if opt else "sgd", loss=header["loss"])
+            if opt:
+                state = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+                model.optimizer.set_state(opt, state, model.backend, model.dtype)
+        model.epoch = int(header.get("epoch", 0))
+        model.history = dict(header.get("history") or {})
+        model.checkpoint_header = header
+        return model
+
+    @classmethod
+    def load(cls, path, device=None, *, fallback=False, expected_arch=None):
+        """Rebuild a saved model on ``device``; ``fallback=True`` uses ``<path>.prev`` when ``path``
+        is damaged or missing (what resuming after a crash wants). The header read is kept as
+        :attr:`checkpoint_header`, the file used as :attr:`checkpoint_path`."""
+        if fallback:
+            header, arrays, used = load_latest_good(path, expected_arch=expected_arch)
+        else:
+            (header, arrays), used = load_checkpoint(path, expected_arch=expected_arch), path
+        model = cls.from_checkpoint(header, arrays, device=device, where=str(used))
+        model.checkpoint_path = used
+        return model
 
 
 def _channels_last_hint(input_shape):
@@ -390,9 +477,3 @@ def _unique_names(layers):
         seen[base] = count + 1
         if count:
             layer.name = f"{base}_{count}"
-
-
-def finite_or_raise(value, epoch, step):
-    if not math.isfinite(value):
-        raise NonFiniteLossError(epoch, step, value)
-    return value

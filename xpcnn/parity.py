@@ -51,10 +51,9 @@ def _run(backend, preset, steps, batch_size, dtype, seed, data):
     x, y = data
     xb = backend.asarray(x[:batch_size])
     yb = backend.asarray(y[:batch_size])
-    fwd, bwd, _ = model._loss_fns()
     out = model.forward(xb)
-    loss, cache = fwd(out, yb)
-    model.backward(bwd(cache))
+    loss, cache = model.loss_function.forward(out, yb)
+    model.backward(model.loss_function.backward(cache))
     first = {"logits": to_numpy(out), "loss": to_numpy(loss)}
     first.update({f"grad {layer.name}.{k}": to_numpy(g) for layer in model.layers for k, g in layer.grads.items()})
     n = len(x)

@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from .backend import to_numpy
+from .data import prepare_images
 from .errors import InputError, ShapeError
+from .functional import sigmoid, softmax
+from .layers import Activation, Conv2D
 
 
 def require_matplotlib():
@@ -238,8 +241,6 @@ def plot_before_after_filters(before, after, path, title="", *, cmap="gray", max
 def _probabilities(out):
     """Class probabilities from a model output row (softmax unless it already sums to 1; one
     output is p of the second class: a sigmoid's value, or the sigmoid of a logit)."""
-    from .functional import sigmoid, softmax
-
     out = np.asarray(out, dtype=np.float64).ravel()
     if out.size == 1:
         p = float(out[0]) if 0.0 <= out[0] <= 1.0 else float(sigmoid(out)[0])
@@ -248,15 +249,13 @@ def _probabilities(out):
         return out
     return np.asarray(softmax(out))
 
+
 def feature_maps(model, image):
     """Run one image through ``model`` layer by layer: ``(input, [(label, maps (K, h, w))], output)``.
 
     A section per Conv2D layer; when an activation layer follows it, its output is shown instead
     (what the next layer sees). Everything is returned as host NumPy arrays.
     """
-    from .data import prepare_images
-    from .layers import Activation, Conv2D
-
     x = np.asarray(to_numpy(image))
     x = x[None, None] if x.ndim == 2 else x[None] if x.ndim == 3 else x  # (H, W) or (C, H, W): one image
     if x.ndim != 4 or len(x) != 1 or (model.built and tuple(x.shape[1:]) != tuple(model.input_shape)):

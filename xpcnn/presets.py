@@ -19,6 +19,7 @@ import copy
 import numpy as np
 
 from .errors import InputError
+from .model import Sequential
 
 _TUTORIAL_COMMON = {
     "dataset": "mnist",
@@ -92,8 +93,6 @@ def get_preset(name):
 
 
 def build_model(preset, *, device=None, dtype="float32", seed=0):
-    from .model import Sequential
-
     return Sequential.from_config({"layers": preset["layers"], "input_shape": preset["input_shape"]},
                                   device=device, dtype=dtype, seed=seed)
 

@@ -1,8 +1,9 @@
 """The training loop behind ``Sequential.fit``/``evaluate``: input checks, moving data to the
 device, the progress bar, and the non-finite-loss guard.
 
-Data-parallel runs (``model.comm``, see :mod:`xpcnn.distributed`) shard every global batch over
-the ranks, average gradients with one allreduce per step, and reduce the metrics.
+Every run trains through a communicator (:mod:`xpcnn.parallel`): one rank by default, where the
+sums are the identity; data-parallel, every rank takes its shard of each global batch, the
+gradients are summed with one allreduce per step, and the metrics are summed over the ranks.
 
 No per-step host synchronisation: each step's loss is written into a device array; the host
 reads it (one small transfer) only when the progress bar refreshes, at most ~4 times a second,
@@ -14,15 +15,32 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 from array_api_compat import is_array_api_obj
 from tqdm.auto import tqdm
+from tqdm.notebook import tqdm_notebook
 
+from . import functional as F
 from .backend import is_out_of_memory, to_numpy
-from .errors import InputError, ShapeError, type_name
-from .hostmem import keep_freed_host_memory
+from .backend.hostmem import keep_freed_host_memory
+from .errors import InputError, ShapeError, XpcnnError, type_name
+from .parallel import LOCAL
+from .parallel.threads import ThreadGroup, run_ranks, usable_cores
+
+
+class NonFiniteLossError(XpcnnError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch, step, value):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"The training loss became {value} at epoch {epoch + 1}, step {step + 1}. The learning rate "
+            "is probably too large: lower --learning-rate. Parameters after this step are not finite; "
+            "nothing was saved from this epoch (a checkpoint, if any, still holds the last good one)."
+        )
 
 
 def check_inputs(model, x, y, *, name="x", stacklevel=None):
@@ -207,27 +225,65 @@ def _validation_pair(validation_data):
     raise InputError(f"validation_data must be a pair (x_val, y_val). Received {what}.")
 
 
+MIN_SHARD = 32  # samples: a thread's share of a batch smaller than this costs more than it gains
+
+
+def resolve_threads(threads, backend, batch_size, comm=LOCAL):
+    """The number of training threads ``fit(threads=...)`` uses.
+
+    ``None`` (the default) on the CPU: one per usable core, but at most one per ``MIN_SHARD``
+    samples of a batch, and 1 under several processes (each process already has its cores);
+    on other devices 1. An int is taken as given (it must be positive; only the CPU threads).
+    """
+    if threads is None:
+        if backend.name != "cpu" or comm.size > 1:
+            return 1
+        return max(1, min(usable_cores(), batch_size // MIN_SHARD))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"The `threads` argument must be a positive int or None. Received threads={threads!r}")
+    if threads > 1 and backend.name != "cpu":
+        raise InputError(f"threads={threads} trains replicas in threads of the CPU; the model is on {backend}. "
+                         "Use threads=1 (or None) on other devices.")
+    return threads
+
+
 def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, verbose, initial_epoch,
-            callbacks, device_data_bytes):
+            callbacks, device_data_bytes, comm, threads):
     initial_epoch, epochs = _epoch_range(batch_size, epochs, initial_epoch, model.epoch)
-    model._loss_fns()
+    model.loss_function  # noqa: B018  (raises when the model is not compiled)
     if validation_data is not None:
         validation_data = _validation_pair(validation_data)
     if model.backend.name == "cpu":
-        keep_freed_host_memory()  # ~1.7x images/s on NumPy: steps stop faulting their temporaries in
+        keep_freed_host_memory()  # steps stop page-faulting their temporaries in (BENCHMARKS.md)
     x_uint8 = getattr(x, "dtype", None) == np.uint8
     x, y = check_inputs(model, x, y, stacklevel=3)  # the user's fit call: fit -> run_fit -> here
-    val_data = None
+    val = None
     if validation_data is not None:  # one warning a call: x_val only when x had none
-        val_data = _eval_data(model, *check_inputs(model, *validation_data, name="x_val",
-                                                   stacklevel=None if x_uint8 else 3))
-    n = x.shape[0]
-    train_data = stage(model, x, y, device_data_bytes)  # once for all epochs
+        val = check_inputs(model, *validation_data, name="x_val", stacklevel=None if x_uint8 else 3)
+    threads = resolve_threads(threads, model.backend, batch_size, comm)
+    if batch_size < comm.size * threads:  # every rank takes its shard of each global batch
+        raise InputError(f"The batch size {batch_size} is smaller than the {comm.size * threads} ranks "
+                         f"({comm.size} process{'es' if comm.size > 1 else ''} × {threads} thread"
+                         f"{'s' if threads > 1 else ''}); each needs a share.")
+    train_data = stage(model, x, y, device_data_bytes)  # once for all epochs (and shared by the threads)
+    loop = {"batch_size": batch_size, "epochs": epochs, "initial_epoch": initial_epoch, "shuffle": shuffle,
+            "seed": seed}
+    if threads == 1:
+        return _epochs(model, train_data, val, comm, verbose=verbose, callbacks=callbacks, **loop)
+    group = ThreadGroup(threads, parent=comm)
+    replicas = [model] + [model.replica() for _ in range(threads - 1)]
+    ranks = [partial(_epochs, replica, train_data, val, c, verbose=verbose if c.local_rank == 0 else 0,
+                     callbacks=callbacks if c.local_rank == 0 else (), **loop)
+             for replica, c in zip(replicas, group.communicators())]
+    return run_ranks(group, ranks)[0]
+
+
+def _epochs(model, train_data, val, comm, *, batch_size, epochs, initial_epoch, shuffle, seed, verbose, callbacks):
+    """The epoch loop of one rank; returns this call's history."""
+    n = train_data.x.shape[0]
+    val_data = None if val is None else _eval_data(model, *val, comm)
     steps = -(-n // batch_size)
     xp = model.backend.xp
-    comm = model.comm  # data-parallel: every rank takes its shard of each global batch
-    if comm is not None and batch_size < comm.size:
-        raise InputError(f"--batch-size {batch_size} is smaller than the {comm.size} processes; each needs a share.")
     # Full-batch training (one step an epoch, like the tutorial) gets one bar over all epochs.
     interval = _bar_interval()
     run_bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="Training", disable=not verbose or steps > 1,
@@ -242,19 +298,18 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
                    leave=True, dynamic_ncols=True, mininterval=interval)
         start = last = time.perf_counter()
         seen = seen_here = shown = 0
-        shard = None if comm is None else comm.shard
-        for step, (xb, yb) in enumerate(device_batches(model, train_data, batch_size, order, shard)):
+        for step, (xb, yb) in enumerate(device_batches(model, train_data, batch_size, order, comm.shard)):
             model.reseed_dropout(seed, epoch, step)
             nb = min(batch_size, n - step * batch_size)  # the global batch; xb is this rank's share
-            loss, acc = model.train_step(xb, yb, global_batch=nb)
+            loss, acc = model.train_step(xb, yb, comm, global_batch=nb)
             local = xb.shape[0]
             losses[step] = loss * local
             hits[step] = acc * local
             seen += nb
             seen_here += local
             now = time.perf_counter()
-            # Distributed ranks must check at the same steps (the check is collective).
-            due = (step % 16 == 15) if comm is not None else (now - last > 0.25)
+            # Several ranks must check at the same steps (the check is collective).
+            due = (step % 16 == 15) if comm.size > 1 else (now - last > 0.25)
             if due or step == steps - 1:
                 model.backend.synchronize()
                 _check_losses(losses, shown, step, epoch, comm)
@@ -266,11 +321,11 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
                 last = now
         model.backend.synchronize()
         seconds = time.perf_counter() - start
-        total_loss, total_hits = _sum_over_ranks(comm, [float(xp.sum(losses)), float(xp.sum(hits))])
+        total_loss, total_hits = comm.allreduce_sum([float(xp.sum(losses)), float(xp.sum(hits))])
         logs = {"loss": total_loss / n, "accuracy": total_hits / n, "seconds": seconds,
                 "images_per_second": n / seconds}
         if val_data is not None:
-            val = _evaluate(model, val_data, batch_size=max(batch_size, 256))
+            val = _evaluate(model, val_data, comm, batch_size=max(batch_size, 256))
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs['accuracy']:.4f}", val_acc=f"{val['accuracy']:.4f}",
                             img_s=f"{logs['images_per_second']:,.0f}", refresh=False)
@@ -292,56 +347,40 @@ def _bar_interval():
     """Seconds between progress-bar redraws: tqdm's 0.1 on a terminal or in a notebook; 30 when
     stderr is a file or a pipe (a log), which would otherwise fill with a redraw every 0.1 s
     (~90 KB a LeNet run): there each epoch leaves its first and last state and one line every 30 s."""
-    from tqdm.notebook import tqdm_notebook
-
     return 0.1 if issubclass(tqdm, tqdm_notebook) or sys.stderr.isatty() else 30.0
 
 
-def _sum_over_ranks(comm, values):
-    if comm is None:
-        return values
-    return [float(v) for v in comm.allreduce_sum(np.asarray(values, dtype=np.float64))]
-
-
-def _check_losses(losses, first, last, epoch, comm=None):
-    from .model import finite_or_raise
-
-    part = to_numpy(losses[first : last + 1]).astype(np.float64)
-    if comm is not None:
-        part = comm.allreduce_sum(part)  # NaN on any rank -> NaN everywhere: all ranks stop together
+def _check_losses(losses, first, last, epoch, comm):
+    # Summed over the ranks: NaN on any rank is NaN everywhere, so all ranks stop together.
+    part = comm.allreduce_sum(to_numpy(losses[first : last + 1]))
     bad = np.flatnonzero(~np.isfinite(part))
     if bad.size:
-        finite_or_raise(float(part[bad[0]]), epoch, first + int(bad[0]))
+        raise NonFiniteLossError(epoch, first + int(bad[0]), float(part[bad[0]]))
 
 
-def run_evaluate(model, x, y, *, batch_size=256, verbose=0):
-    model._loss_fns()
-    data = _eval_data(model, *check_inputs(model, x, y, stacklevel=3))  # evaluate -> run_evaluate -> here
-    return _evaluate(model, data, batch_size=batch_size, verbose=verbose)
+def run_evaluate(model, x, y, *, comm, batch_size=256, verbose=0):
+    model.loss_function  # noqa: B018  (raises when the model is not compiled)
+    data = _eval_data(model, *check_inputs(model, x, y, stacklevel=3), comm)  # evaluate -> run_evaluate -> here
+    return _evaluate(model, data, comm, batch_size=batch_size, verbose=verbose)
 
 
-def _eval_data(model, x, y):
+def _eval_data(model, x, y, comm):
     """(this rank's shard of x, y, staged on the device; the global count)."""
-    n = x.shape[0]
-    if model.comm is not None:  # sharded evaluation, reduced in _evaluate
-        lo, hi = model.comm.shard(n)
-        x, y = x[lo:hi], y[lo:hi]
-    return stage(model, x, y), n
+    lo, hi = comm.shard(x.shape[0])  # sharded evaluation, summed over the ranks in _evaluate
+    return stage(model, x[lo:hi], y[lo:hi]), x.shape[0]
 
 
-def _evaluate(model, eval_data, *, batch_size, verbose=0):
-    from . import functional as F
-
-    fwd, _, threshold = model._loss_fns()
+def _evaluate(model, eval_data, comm, *, batch_size, verbose=0):
+    loss_fn = model.loss_function
     data, n = eval_data
     total_loss = total_hits = 0.0
     batches = device_batches(model, data, batch_size)
     steps = -(-data.x.shape[0] // batch_size)
     for xb, yb in tqdm(batches, total=steps, disable=not verbose, desc="Evaluate", unit="batch"):
         out = model.forward(xb, training=False)
-        loss, _ = fwd(out, yb)
-        acc = F.accuracy(out, yb, threshold=threshold)
+        loss, _ = loss_fn.forward(out, yb)
+        acc = F.accuracy(out, yb, threshold=loss_fn.threshold)
         total_loss = total_loss + loss * xb.shape[0]
         total_hits = total_hits + acc * xb.shape[0]
-    total_loss, total_hits = _sum_over_ranks(model.comm, [float(total_loss), float(total_hits)])
+    total_loss, total_hits = comm.allreduce_sum([float(total_loss), float(total_hits)])
     return {"loss": total_loss / n, "accuracy": total_hits / n}

@@ -15,7 +15,7 @@ P5  peak resident memory of a P2-like job (whole MNIST train set loaded as uint8
     at batch 128 on float32 batches made from it), xpcnn vs PyTorch, each in its own process.
 
 Every worker process (xpcnn and PyTorch alike) runs with the glibc malloc thresholds that
-``Sequential.fit`` sets (:mod:`xpcnn.hostmem`). Every comparison is measured side by side in one
+``Sequential.fit`` sets (:mod:`xpcnn.backend.hostmem`). Every comparison is measured side by side in one
 run: warm-up first, then A B A B ... blocks, median and min–max reported. Each workload runs in
 a child process so that the BLAS/OpenMP thread count is set before NumPy or PyTorch start
 (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, ``torch.set_num_threads``) and memory peaks never mix.

@@ -15,6 +15,9 @@ softmax_cross_entropy (logits z (N, K), integer labels t (N,); stable log-sum-ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
@@ -119,14 +122,18 @@ def accuracy(pred, target, *, threshold=0.5):
     return xp.mean(xp.astype(hits, pred.dtype))
 
 
+class Loss(NamedTuple):
+    """A loss as the training loop uses it."""
+
+    forward: Callable  #: ``(pred, target) -> (loss, cache)``: the batch mean, a 0-d array
+    backward: Callable  #: ``(cache) -> ∂loss/∂pred``
+    threshold: float  #: a single output counts as class 1 above this (accuracy); unused for several
+
+
 LOSSES = {
-    # name: (forward, backward, accuracy threshold for a single output; unused for several)
-    "squared_error": (squared_error_forward, squared_error_backward, 0.5),
-    "binary_cross_entropy": (binary_cross_entropy_forward, binary_cross_entropy_backward, 0.5),
-    "binary_cross_entropy_with_logits": (
-        binary_cross_entropy_with_logits_forward,
-        binary_cross_entropy_with_logits_backward,
-        0.0,
-    ),
-    "softmax_cross_entropy": (softmax_cross_entropy_forward, softmax_cross_entropy_backward, 0.5),
+    "squared_error": Loss(squared_error_forward, squared_error_backward, 0.5),
+    "binary_cross_entropy": Loss(binary_cross_entropy_forward, binary_cross_entropy_backward, 0.5),
+    "binary_cross_entropy_with_logits": Loss(binary_cross_entropy_with_logits_forward,
+                                             binary_cross_entropy_with_logits_backward, 0.0),
+    "softmax_cross_entropy": Loss(softmax_cross_entropy_forward, softmax_cross_entropy_backward, 0.5),
 }

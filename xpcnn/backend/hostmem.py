@@ -18,7 +18,7 @@ Elsewhere than glibc (macOS, Windows, musl) it does nothing.
 
 Examples
 --------
->>> from xpcnn.hostmem import keep_freed_host_memory
+>>> from xpcnn.backend.hostmem import keep_freed_host_memory
 >>> keep_freed_host_memory() in (True, False)
 True
 """

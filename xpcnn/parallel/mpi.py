@@ -1,31 +1,17 @@
-"""Data-parallel training over MPI: one process per group of CPU cores or per GPU, under ``mpirun``.
+"""Data parallelism over MPI: one process per group of CPU cores or per GPU, under ``mpirun``.
 
-Every rank holds the whole model, takes its contiguous shard of each global batch
-(:meth:`Communicator.shard`), computes the gradient of its shard and joins one allreduce per step
-(:meth:`Communicator.allreduce_gradients`); rank 0's initial weights are broadcast first
-(:meth:`Communicator.broadcast_parameters`), so every rank applies the same update to the same
-weights and the weights stay identical without ever being sent again.
-
-With shard ``r`` of size ``B_r`` out of a global batch of ``B`` samples, and ``L_r`` the mean loss
-over shard ``r``::
-
-    L = (1/B) Σ_i ℓ_i = Σ_r (B_r/B) · L_r      ⇒      ∂L/∂θ = Σ_r (B_r/B) · ∂L_r/∂θ
-
-so each rank scales its gradient by ``B_r/B`` and the allreduce SUM gives the gradient of the
-global batch's mean loss: the batch size and learning rate mean what they mean in one process.
-The sum runs in another order than the single process's one big matmul, so weights agree to
-float32 rounding, not bit for bit.
+:class:`MPICommunicator` implements :class:`xpcnn.parallel.Communicator` (the contract and the
+gradient arithmetic are described there) with MPI collectives.
 
 Transports
     CPU (NumPy)   MPI ``Iallreduce`` in place on the host gradient buffer (the device array *is*
                   the host array: no copy besides the flattening).
-    GPU (CuPy)    NCCL (CuPy's bindings, in :class:`xpcnn.backend.GpuReducer`) on the device
+    GPU (CuPy)    NCCL (CuPy's bindings, in :class:`xpcnn.backend.cuda.GpuReducer`) on the device
                   buffer, on the current stream: no copy to the host. Without NCCL: a
                   CUDA-aware MPI when the MPI library reports one
                   (``MPIX_Query_cuda_support``, or ``XPCNN_MPI_CUDA_AWARE=1``), else a host copy
                   with a one-time warning (also when two ranks share a GPU, which NCCL refuses).
-                  Each rank uses GPU ``local rank % device count``. *Untested on real GPUs*: no
-                  multi-GPU machine was available; the paths ran only against a stand-in CuPy.
+                  Each rank uses GPU ``local rank % device count``.
     others        (array-api-strict in tests) a host copy.
 
 Watchdog
@@ -41,16 +27,12 @@ Watchdog
     and cannot be polled: a small watcher process ends a rank still inside it after the deadline
     (another rank failed before it started MPI).
 
-Examples
---------
->>> from xpcnn.distributed import shard_bounds
->>> [shard_bounds(10, r, 3) for r in range(3)]
-[(0, 3), (3, 6), (6, 10)]
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import subprocess
 import sys
@@ -60,18 +42,15 @@ import numpy as np
 from array_api_compat import array_namespace, is_numpy_array
 from array_api_compat import device as device_of
 
-from .backend import Backend, default_device, get_backend, gpu_count, gpu_problem, is_gpu_array, to_numpy, use_gpu
-from .errors import DeviceError, InputError
+from ..backend import Backend, default_device, get_backend, gpu_count, gpu_problem, is_gpu_array, to_numpy, use_gpu
+from ..backend.cuda import GpuReducer
+from ..errors import DeviceError, InputError
+from .base import Communicator
 
 TIMEOUT_ENV = "XPCNN_MPI_TIMEOUT"
 DEFAULT_TIMEOUT = 120.0
 _LEAVE = 7301  # tag of the "this rank is exiting" message on the side channel
-_COMM = None  # the process's Communicator: MPI is initialised once per process
-
-
-def shard_bounds(n, rank, size):
-    """``(lo, hi)``: rank ``rank``'s contiguous, balanced slice of ``n`` items over ``size`` ranks."""
-    return n * rank // size, n * (rank + 1) // size
+_COMM = None  # the process's MPICommunicator: MPI is initialised once per process
 
 
 def _mpi():
@@ -100,8 +79,8 @@ def _timeout(timeout):
     return float(timeout) if timeout > 0 else float("inf")
 
 
-class Communicator:
-    """The ranks of one data-parallel job.
+class MPICommunicator(Communicator):
+    """The ranks of one MPI job (see :class:`xpcnn.parallel.Communicator` for the contract).
 
     Parameters
     ----------
@@ -112,8 +91,6 @@ class Communicator:
         Where the model lives; selects the gradient transport (see the module docstring).
     timeout : float, optional
         Seconds a collective may wait for the other ranks (``XPCNN_MPI_TIMEOUT``, default 120).
-
-    Every method except :meth:`shard` is collective: all ranks call it, in the same order.
     """
 
     def __init__(self, comm=None, *, backend=None, timeout=None):
@@ -124,86 +101,61 @@ class Communicator:
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.backend = backend
         self.timeout = _timeout(timeout)
-        self.done = 0  # collectives completed; exchanged at exit
+        self.completed = 0  # collectives completed; exchanged at exit
         self._left = {}  # peer rank -> collectives it had completed when it exited
         self._gpu = None
         self._closed = False
 
     def __repr__(self):
-        return f"Communicator(rank={self.rank}, size={self.size}, timeout={self.timeout:g} s)"
+        return f"MPICommunicator(rank={self.rank}, size={self.size}, timeout={self.timeout:g} s)"
 
-    # -- sharding --------------------------------------------------------------------------------
-    def shard(self, n):
-        """``(lo, hi)``: this rank's contiguous slice of ``n`` items (sizes differ by at most one)."""
-        return shard_bounds(n, self.rank, self.size)
-
-    # -- collectives -----------------------------------------------------------------------------
-    def allreduce_gradients(self, layers, scale):
-        """Sum ``scale * grad`` over the ranks, in place of every ``layer.grads[key]``.
-
-        One flat buffer (layers in order, keys in ``layer.params`` order), one allreduce.
-        """
-        pairs = [(layer, key) for layer in layers for key in layer.params]
-        if not pairs:
-            return
-        grads = [pair[0].grads[pair[1]] for pair in pairs]
-        xp = array_namespace(*grads)
-        if len({g.dtype for g in grads}) > 1:
-            raise InputError(f"All gradients must share one dtype. Received {sorted({str(g.dtype) for g in grads})}.")
-        flat = xp.concat([xp.reshape(g, (-1,)) for g in grads])
-        if scale != 1:
-            flat = flat * scale  # one multiply on the flat buffer: the same rounding as per tensor
+    # -- the transports --------------------------------------------------------------------------
+    def _sum_flat(self, flat):
         if is_numpy_array(flat):
-            self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM), "the gradient allreduce")
-        elif is_gpu_array(flat):
-            flat = self._gpu_reducer(flat).allreduce(flat)
-        else:
-            flat = xp.asarray(self._host_sum(to_numpy(flat)), dtype=flat.dtype, device=device_of(flat))
-        start = 0
-        for (layer, key), g in zip(pairs, grads):
-            size = int(np.prod(g.shape))
-            layer.grads[key] = xp.reshape(flat[start : start + size], tuple(layer.params[key].shape))
-            start += size
+            return self.sum_in_place(flat, "the gradient allreduce")
+        if is_gpu_array(flat):
+            return self._gpu_reducer(flat).allreduce(flat)
+        xp = array_namespace(flat)
+        return xp.asarray(self._sum_host(to_numpy(flat)), dtype=flat.dtype, device=device_of(flat))
 
-    def allreduce_sum(self, values):
-        """Elementwise sum of a host array over the ranks (float64); used for metrics."""
-        buf = np.array(values, dtype=np.float64, copy=True)
-        return self._host_sum(buf)
+    def _sum_host(self, buf):
+        return self.sum_in_place(buf, "an allreduce")
 
-    def broadcast_parameters(self, layers):
-        """Give every rank rank 0's parameters (one flat host buffer, one broadcast).
-
-        Runs once per job, so GPU parameters go through the host here (no NCCL needed).
-        """
-        params = [(layer, key, p) for layer in layers for key, p in layer.params.items()]
-        if not params:
-            return
-        host = np.concatenate([np.ravel(to_numpy(p)) for _, _, p in params])
-        self._wait(self.comm.Ibcast(host, root=0), "the parameter broadcast")
-        start = 0
-        for layer, key, p in params:
-            size = int(np.prod(p.shape))
-            piece = host[start : start + size].reshape(tuple(p.shape))
-            layer.params[key] = array_namespace(p).asarray(piece, dtype=p.dtype, device=device_of(p), copy=True)
-            start += size
-
-    def check_same(self, value, what):
-        """Raise the same InputError on every rank when ranks hold different numbers ``value``."""
-        both = np.array([value, -value], dtype=np.float64)
-        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, both, op=self.MPI.MAX), f"the check of {what}")
-        if both[0] != -both[1]:
-            raise InputError(f"The {self.size} processes disagree on {what} (from {-both[1]:g} to {both[0]:g}). "
-                             "Every rank must read the same files: use a shared filesystem.")
-
-    def barrier(self):
-        self._wait(self.comm.Ibarrier(), "a barrier")
-
-    def _host_sum(self, buf):
-        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), "an allreduce")
+    def sum_in_place(self, buf, what):
+        """MPI sum of ``buf`` (a host array, or a device one for a CUDA-aware MPI) in place, watched."""
+        self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), what)
         return buf
 
+    def _broadcast_host(self, buf):
+        self.wait(self.comm.Ibcast(buf, root=0), "the parameter broadcast")
+        return buf
+
+    def allreduce_max(self, values):
+        buf = np.array(values, dtype=np.float64)
+        self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.MAX), "a maximum over the ranks")
+        return buf
+
+    def barrier(self):
+        self.wait(self.comm.Ibarrier(), "a barrier")
+
+    # -- for the GPU transport (xpcnn.backend.cuda.GpuReducer) -------------------------------------
+    def allgather(self, obj):
+        """Every rank's ``obj`` (small Python objects), in rank order."""
+        return self.comm.allgather(obj)
+
+    def bcast(self, obj):
+        """Rank 0's ``obj`` (a small Python object) on every rank."""
+        return self.comm.bcast(obj, root=0)
+
+    def processor_name(self):
+        return self.MPI.Get_processor_name()
+
+    def count_collective(self):
+        """Count a collective run outside :meth:`wait` (NCCL's), for the exit handshake."""
+        self.completed += 1
+
     # -- the watchdog ----------------------------------------------------------------------------
-    def _wait(self, request, what):
+    def wait(self, request, what):
         """Poll ``request`` until done; stop the job when the other ranks are gone."""
         start = time.monotonic()
         pause = 0.0
@@ -211,21 +163,21 @@ class Communicator:
             waited = time.monotonic() - start
             if waited < 1e-3:  # short waits (the common case): spin, the answer is close
                 continue
-            self._check_peers(what)
+            self.check_peers(what)
             if waited > self.timeout:
                 self.stop(f"no answer from the other ranks for {self.timeout:g} s (a rank probably died); "
                           f"stopping (waiting in {what}; {TIMEOUT_ENV} sets the limit)")
             time.sleep(pause)
             pause = min(2 * pause or 2e-5, 1e-3)
-        self.done += 1
+        self.completed += 1
 
-    def _check_peers(self, what):
+    def check_peers(self, what):
         status = self.MPI.Status()
         while self.side.Iprobe(source=self.MPI.ANY_SOURCE, tag=_LEAVE, status=status):
             count = np.zeros(1, dtype=np.int64)
             self.side.Recv(count, source=status.Get_source(), tag=_LEAVE)
             self._left[status.Get_source()] = int(count[0])
-        gone = sorted(r for r, n in self._left.items() if n <= self.done)
+        gone = sorted(r for r, n in self._left.items() if n <= self.completed)
         if gone:  # it left having completed fewer collectives than the one this rank waits in
             self.stop(f"rank {gone[0]} exited (see its message) while this rank waits in {what}; stopping")
 
@@ -252,7 +204,7 @@ class Communicator:
         self._closed = True
         if self.size == 1:
             return
-        mine = np.array([self.done], dtype=np.int64)
+        mine = np.array([self.completed], dtype=np.int64)
         peers = [r for r in range(self.size) if r != self.rank]
         requests = [self.side.Isend(mine, dest=r, tag=_LEAVE) for r in peers]
         counts = {r: np.zeros(1, dtype=np.int64) for r in peers if r not in self._left}
@@ -263,21 +215,20 @@ class Communicator:
                 self.stop(f"the other ranks did not finish within {self.timeout:g} s of this one; stopping")
             time.sleep(1e-3)
         self._left.update({r: int(buf[0]) for r, buf in counts.items()})
-        if any(n != self.done for n in self._left.values()):
+        if any(n != self.completed for n in self._left.values()):
             self.stop("the ranks stopped at different steps (see the messages above); stopping")
 
     # -- GPUs ------------------------------------------------------------------------------------
     def _gpu_reducer(self, flat):
         if self._gpu is None:
-            from .backend import GpuReducer
-
-            self._gpu = GpuReducer(self, flat.device.id, wrong_gpu=_wrong_gpu, cuda_aware_mpi=_cuda_aware_mpi)
+            self._gpu = GpuReducer(self, flat.device.id, wrong_gpu=_wrong_gpu,
+                                   cuda_aware_mpi=lambda: _cuda_aware_mpi(self.MPI))
         return self._gpu
 
 
 def _wrong_gpu(rank, used, given):
     return DeviceError(f"Rank {rank} computes on gpu:{used} but was given gpu:{given}. Create the backend after "
-                       "xpcnn.distributed.init() (or use its .backend), so each rank has its own GPU.")
+                       "xpcnn.parallel.mpi.init() (or use its .backend), so each rank has its own GPU.")
 
 
 def _cuda_aware_mpi(MPI):
@@ -286,8 +237,6 @@ def _cuda_aware_mpi(MPI):
     if forced:
         return forced not in ("0", "false", "no")
     try:
-        import ctypes
-
         query = ctypes.CDLL(MPI.__file__).MPIX_Query_cuda_support  # Open MPI and MPICH have it
         query.restype = ctypes.c_int
         return bool(query())
@@ -347,7 +296,7 @@ def init(backend=None, timeout=None):
         started = _deadline(seconds, f"the other ranks did not start MPI within {seconds:g} s (a rank probably "
                                      f"failed before: see its message); stopping ({TIMEOUT_ENV} sets the limit)")
         try:
-            _COMM = Communicator(timeout=timeout)
+            _COMM = MPICommunicator(timeout=timeout)
         finally:
             started()
         atexit.register(_COMM.close)
