@@ -3,9 +3,9 @@
 A training step on NumPy allocates and frees tens of megabytes of temporaries (the im2col
 matrices alone are ~10 MB at batch 128). glibc's malloc hands blocks that large back to the
 kernel when they are freed — by ``munmap``, or by trimming the top of the heap — and the next
-step takes them back page by page, each page faulted in and zeroed by the kernel. Measured on the
-2-core development VM (LeNet-5, batch 128, SGD): ~5,000 images/s with glibc's defaults, ~8,700
-with the thresholds below; the arithmetic is the same, only page faults go.
+step takes them back page by page, each page faulted in and zeroed by the kernel. With the
+thresholds below the arithmetic is the same and only the page faults go (the gain is measured
+in BENCHMARKS.md).
 
 :func:`keep_freed_host_memory` sets two of glibc's documented ``mallopt`` thresholds (the same
 ones the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables set):
