@@ -114,7 +114,8 @@ def test_thread_collectives_sum_in_rank_order_and_broadcast_rank_0():
     for _, _, w in out:
         np.testing.assert_array_equal(w, out[0][2])
     with pytest.raises(xpcnn.InputError, match="disagree on the rank"):
-        run_ranks(group := ThreadGroup(2), [lambda c=c: c.check_same(c.rank, "the rank") for c in group.communicators()])
+        group = ThreadGroup(2)
+        run_ranks(group, [lambda c=c: c.check_same(c.rank, "the rank") for c in group.communicators()])
 
 
 def test_default_threads_follow_cores_batch_and_device(monkeypatch):

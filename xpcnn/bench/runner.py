@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from ..argtypes import path_arg, positive_float, positive_int, positive_int_list, writable_file
-from ..errors import InputError
 from ..backend.hostmem import MMAP_THRESHOLD, TRIM_THRESHOLD, keep_freed_host_memory
+from ..errors import InputError
 from .common import BLAS_ENV, CPU_WORKLOADS, GPU_WORKLOADS, REPO, _note, _row
 from .workers import WORKERS
 
@@ -168,7 +168,8 @@ def machine_info():
     info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "platform": platform.platform(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "worker_malloc": f"glibc mmap threshold {MMAP_THRESHOLD}, trim threshold {TRIM_THRESHOLD} (xpcnn.backend.hostmem)"}
+            "worker_malloc": f"glibc mmap threshold {MMAP_THRESHOLD}, trim threshold {TRIM_THRESHOLD} "
+                             "(xpcnn.backend.hostmem)"}
     try:
         fields = dict(ln.split(":", 1) for ln in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
                       if ":" in ln)
