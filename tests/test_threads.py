@@ -14,6 +14,7 @@ from xpcnn import layers as L
 from xpcnn.backend import Backend
 from xpcnn.parallel import LOCAL
 from xpcnn.parallel.threads import ThreadGroup, run_ranks
+from xpcnn.presets import PRESETS, build_model
 from xpcnn.training import MIN_SHARD, resolve_threads
 
 
@@ -118,23 +119,40 @@ def test_thread_collectives_sum_in_rank_order_and_broadcast_rank_0():
         run_ranks(group, [lambda c=c: c.check_same(c.rank, "the rank") for c in group.communicators()])
 
 
-def test_default_threads_follow_cores_batch_and_device(monkeypatch):
+def test_default_threads_follow_cores_batch_device_and_layers(monkeypatch):
     import xpcnn.training as training
 
     monkeypatch.setattr(training, "usable_cores", lambda: 4)
-    cpu = xpcnn.get_backend("cpu")
+    cpu = _model()
     assert resolve_threads(None, cpu, 8 * MIN_SHARD) == 4
     assert resolve_threads(None, cpu, 2 * MIN_SHARD) == 2
     assert resolve_threads(None, cpu, MIN_SHARD - 1) == 1
     assert resolve_threads(3, cpu, 1000) == 3
-    other = Backend("strict", cpu.xp, "cpu")
+    assert resolve_threads(None, cpu, 1000, LOCAL) == 4
+    other = _model()
+    other.backend = Backend("strict", other.backend.xp, "cpu")
     assert resolve_threads(None, other, 1000) == 1
-    with pytest.raises(xpcnn.InputError, match="threads=2 trains replicas"):
+    with pytest.raises(xpcnn.InputError, match="threads=2 runs shards of each batch in threads of the CPU"):
         resolve_threads(2, other, 1000)
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(xpcnn.InputError, match="The `threads` argument"):
             resolve_threads(bad, cpu, 1000)
-    assert resolve_threads(None, cpu, 1000, LOCAL) == 4
+    coupled = build_model(PRESETS["tutorial-faithful"])  # BatchStandardize: statistics over the batch
+    assert resolve_threads(None, coupled, 200) == 1
+    with pytest.raises(xpcnn.InputError, match="layer 'batchstandardize' .* over the whole batch"):
+        resolve_threads(2, coupled, 200)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_evaluate_and_predict_equal_one_thread(threads):
+    x, y = _data(203)
+    m = _model()
+    m.fit(x, y, batch_size=64, epochs=1, verbose=0, threads=1)
+    np.testing.assert_allclose(m.predict(x, batch_size=50, threads=threads), m.predict(x, batch_size=50, threads=1),
+                               rtol=1e-12)
+    one, many = m.evaluate(x, y, batch_size=50, threads=1), m.evaluate(x, y, batch_size=50, threads=threads)
+    assert many["accuracy"] == one["accuracy"] and many["loss"] == pytest.approx(one["loss"], rel=1e-12)
+    assert m.predict(x[:1], threads=threads).shape == (1, 3)  # fewer samples than threads: fine
 
 
 def test_more_threads_than_samples_in_a_batch_is_refused():

@@ -13,6 +13,10 @@ from .errors import InputError, ShapeError
 class Layer:
     """Base class: bookkeeping shared by all layers."""
 
+    #: Whether one sample's output depends on the other samples of its batch (batch statistics):
+    #: such a model trains on whole batches, never on shards of them in threads.
+    couples_batch = False
+
     def __init__(self, name=None):
         self.name = name or type(self).__name__.lower()
         self.params, self.grads = {}, {}

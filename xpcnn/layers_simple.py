@@ -220,6 +220,8 @@ class BatchStandardize(Layer):
     batch of one image standardizes to 0.
     """
 
+    couples_batch = True  # its output depends on the whole batch: a batch is never split across threads
+
     def __init__(self, epsilon=1e-8, name=None):
         super().__init__(name)
         self.epsilon = float(epsilon)

@@ -34,12 +34,12 @@ import numpy as np
 
 from . import functional as F
 from . import optimizers
-from .backend import DTYPES, Backend, get_backend, to_numpy
+from .backend import DTYPES, Backend, get_backend
 from .checkpoint import load_checkpoint, load_latest_good, save_checkpoint
 from .errors import CheckpointError, InputError, ShapeError, channels_last_order, type_name
 from .layers import Dropout, Layer, from_config
 from .parallel import LOCAL
-from .training import NonFiniteLossError, check_inputs, device_batches, run_evaluate, run_fit, stage
+from .training import NonFiniteLossError, run_evaluate, run_fit, run_predict
 
 __all__ = ["NonFiniteLossError", "Sequential"]
 
@@ -284,15 +284,17 @@ class Sequential:
                        initial_epoch=initial_epoch, callbacks=callbacks, device_data_bytes=device_data_bytes,
                        threads=threads, comm=LOCAL if comm is None else comm)
 
-    def evaluate(self, x, y, batch_size=256, verbose=0):
-        """``{"loss": ..., "accuracy": ...}`` over host arrays ``x``, ``y``."""
-        return run_evaluate(self, x, y, comm=LOCAL, batch_size=batch_size, verbose=verbose)
+    def evaluate(self, x, y, batch_size=256, verbose=0, threads=None):
+        """``{"loss": ..., "accuracy": ...}`` over host arrays ``x``, ``y``.
 
-    def predict(self, x, batch_size=256):
-        """Model outputs for host array ``x``, as a host NumPy array."""
-        data = stage(self, check_inputs(self, x, None, stacklevel=2)[0], None)  # predict -> check_inputs
-        outs = [to_numpy(self.forward(xb, training=False)) for xb, _ in device_batches(self, data, batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, *self.output_shape), self.dtype)
+        ``threads``: as in :meth:`fit` (each thread evaluates its shard of the data)."""
+        return run_evaluate(self, x, y, comm=LOCAL, batch_size=batch_size, verbose=verbose, threads=threads)
+
+    def predict(self, x, batch_size=256, threads=None):
+        """Model outputs for host array ``x``, as a host NumPy array.
+
+        ``threads``: as in :meth:`fit` (each thread predicts a contiguous part of ``x``)."""
+        return run_predict(self, x, batch_size=batch_size, threads=threads)
 
     def replica(self):
         """A copy that trains in step with this model: same layers, weights, optimizer and state,

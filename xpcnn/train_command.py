@@ -205,7 +205,7 @@ def open_run(args, comm, out):
     run = resume_run(args, backend, out) if resume else new_run(args, backend)
     comm.check_same(run.model.epoch, "the epoch to start from (each rank reads --checkpoint itself)")
     comm.broadcast_parameters([layer for layer in run.model.layers if layer.params])
-    run.threads = resolve_threads(args.threads, backend, run.batch_size, comm)
+    run.threads = resolve_threads(args.threads, run.model, run.batch_size, comm)
     if run.model.epoch >= run.epochs:  # said even with --quiet: the run does nothing
         out.say(f"{run.model.checkpoint_path} already holds {run.model.epoch} epochs and --epochs {run.epochs} is the "
                 f"total to reach: nothing to train. Give --epochs {run.model.epoch + 1} or more to go on.",

@@ -27,7 +27,7 @@ from . import functional as F
 from .backend import is_out_of_memory, to_numpy
 from .backend.hostmem import keep_freed_host_memory
 from .errors import InputError, ShapeError, XpcnnError, type_name
-from .parallel import LOCAL
+from .parallel import LOCAL, shard_bounds
 from .parallel.threads import ThreadGroup, run_ranks, usable_cores
 
 
@@ -228,22 +228,28 @@ def _validation_pair(validation_data):
 MIN_SHARD = 32  # samples: a thread's share of a batch smaller than this costs more than it gains
 
 
-def resolve_threads(threads, backend, batch_size, comm=LOCAL):
-    """The number of training threads ``fit(threads=...)`` uses.
+def resolve_threads(threads, model, batch_size, comm=LOCAL):
+    """The number of threads ``fit``/``evaluate``/``predict`` (``threads=...``) use for ``model``.
 
     ``None`` (the default) on the CPU: one per usable core, but at most one per ``MIN_SHARD``
-    samples of a batch, and 1 under several processes (each process already has its cores);
-    on other devices 1. An int is taken as given (it must be positive; only the CPU threads).
+    samples of a batch, and 1 under several processes (each process already has its cores),
+    for a model whose layers couple the samples of a batch (batch statistics), and on other
+    devices. An int is taken as given: it must be positive, and above 1 only on the CPU and for
+    a model whose samples are independent.
     """
+    coupled = next((layer for layer in model.layers if layer.couples_batch), None)
     if threads is None:
-        if backend.name != "cpu" or comm.size > 1:
+        if model.backend.name != "cpu" or comm.size > 1 or coupled is not None:
             return 1
         return max(1, min(usable_cores(), batch_size // MIN_SHARD))
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"The `threads` argument must be a positive int or None. Received threads={threads!r}")
-    if threads > 1 and backend.name != "cpu":
-        raise InputError(f"threads={threads} trains replicas in threads of the CPU; the model is on {backend}. "
-                         "Use threads=1 (or None) on other devices.")
+    if threads > 1 and model.backend.name != "cpu":
+        raise InputError(f"threads={threads} runs shards of each batch in threads of the CPU; the model is on "
+                         f"{model.backend}. Use threads=1 (or None) on other devices.")
+    if threads > 1 and coupled is not None:
+        raise InputError(f"threads={threads} would split each batch, but layer '{coupled.name}' "
+                         f"({type(coupled).__name__}) computes statistics over the whole batch. Use threads=1.")
     return threads
 
 
@@ -260,7 +266,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     val = None
     if validation_data is not None:  # one warning a call: x_val only when x had none
         val = check_inputs(model, *validation_data, name="x_val", stacklevel=None if x_uint8 else 3)
-    threads = resolve_threads(threads, model.backend, batch_size, comm)
+    threads = resolve_threads(threads, model, batch_size, comm)
     if batch_size < comm.size * threads:  # every rank takes its shard of each global batch
         raise InputError(f"The batch size {batch_size} is smaller than the {comm.size * threads} ranks "
                          f"({comm.size} process{'es' if comm.size > 1 else ''} × {threads} thread"
@@ -358,10 +364,38 @@ def _check_losses(losses, first, last, epoch, comm):
         raise NonFiniteLossError(epoch, first + int(bad[0]), float(part[bad[0]]))
 
 
-def run_evaluate(model, x, y, *, comm, batch_size=256, verbose=0):
+def run_evaluate(model, x, y, *, comm, batch_size=256, verbose=0, threads=None):
     model.loss_function  # noqa: B018  (raises when the model is not compiled)
-    data = _eval_data(model, *check_inputs(model, x, y, stacklevel=3), comm)  # evaluate -> run_evaluate -> here
-    return _evaluate(model, data, comm, batch_size=batch_size, verbose=verbose)
+    x, y = check_inputs(model, x, y, stacklevel=3)  # evaluate -> run_evaluate -> here
+    threads = resolve_threads(threads, model, min(batch_size, x.shape[0]), comm)
+    if threads == 1:
+        return _evaluate(model, _eval_data(model, x, y, comm), comm, batch_size=batch_size, verbose=verbose)
+    # Inference keeps no activations, so the threads share the model itself: each its shard.
+    group = ThreadGroup(threads, parent=comm)
+    return run_ranks(group, [partial(_evaluate_rank, model, x, y, c, batch_size, verbose and c.local_rank == 0)
+                             for c in group.communicators()])[0]
+
+
+def _evaluate_rank(model, x, y, comm, batch_size, verbose):
+    return _evaluate(model, _eval_data(model, x, y, comm), comm, batch_size=batch_size, verbose=verbose)
+
+
+def run_predict(model, x, *, batch_size=256, threads=None):
+    x = check_inputs(model, x, None, stacklevel=3)[0]  # predict -> run_predict -> here
+    if not model.built:
+        model.build(x.shape[1:])
+    threads = resolve_threads(threads, model, min(batch_size, x.shape[0]))
+    if threads == 1:
+        return _predict(model, x, batch_size)
+    bounds = [shard_bounds(x.shape[0], r, threads) for r in range(threads)]
+    group = ThreadGroup(threads)
+    return np.concatenate(run_ranks(group, [partial(_predict, model, x[lo:hi], batch_size) for lo, hi in bounds]))
+
+
+def _predict(model, x, batch_size):
+    data = stage(model, x, None)
+    outs = [to_numpy(model.forward(xb, training=False)) for xb, _ in device_batches(model, data, batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0, *model.output_shape), model.dtype)
 
 
 def _eval_data(model, x, y, comm):
