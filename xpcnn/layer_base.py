@@ -13,8 +13,6 @@ from . import initializers
 from .backend import Backend, backend_of, to_numpy
 from .errors import InputError, ShapeError, XpcnnError
 
-_NO_CACHE = object()  # no training forward awaits its backward (None is a valid cache)
-
 
 class Kernels(NamedTuple):
     """A forward kernel ``(x, ...) -> (y, cache)`` and its backward ``(dy, cache) -> dx``."""
@@ -49,7 +47,7 @@ class Layer:
         self.backend, self.dtype, self.input_shape = None, None, None
         self.need_input_grad = True
         self.built = False
-        self._cache = _NO_CACHE
+        self._pending = None  # (cache,) from a training forward until its backward; a cache may be None
         self._owner = None  # weakref to the Sequential holding this layer (a layer serves one model)
 
     def build(self, input_shape, backend: Backend, dtype="float32", rng=None):
@@ -98,17 +96,18 @@ class Layer:
         what :meth:`backward` needs (until that backward)."""
         self._check_input(x)
         y, cache = self._forward(x, training)
-        self._cache = cache if training else _NO_CACHE
+        self._pending = (cache,) if training else None
         return y
 
     def backward(self, dy):
         """∂E/∂x from dy = ∂E/∂y of the last ``forward(training=True)``; None when
         ``need_input_grad`` is False. Fills ``grads`` (same keys as ``params``) and frees the cache.
         """
-        cache, self._cache = self._cache, _NO_CACHE
-        if cache is _NO_CACHE:
+        pending, self._pending = self._pending, None
+        if pending is None:
             raise BackwardOrderError(f"Layer '{self.name}': backward() needs a forward(x, training=True) first; "
                                      "inference and an earlier backward keep no activations.")
+        (cache,) = pending
         need_dx = self.need_input_grad
         if not need_dx and not self.params:
             return None  # nothing to compute
