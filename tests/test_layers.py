@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from oracles import check_gradients
 
+import xpcnn.functional as F
 from xpcnn import layers as L
 from xpcnn.backend import to_numpy
 from xpcnn.errors import InputError, ShapeError
@@ -71,7 +72,7 @@ def test_first_layer_skips_input_gradient(case, rng, monkeypatch):
 
     def spy(dy, cache, *, need_dx=True):
         asked.append(need_dx)
-        return L.F.conv2d_backward(dy, cache, need_dx=need_dx)
+        return F.conv2d_backward(dy, cache, need_dx=need_dx)
 
     monkeypatch.setattr(L.Conv2D, "_op_backward", staticmethod(spy))
     layer = _built(lambda: L.Conv2D(2, 3), case, (2, 1, 5, 5), rng)
