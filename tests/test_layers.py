@@ -1,15 +1,18 @@
 """Layers through their public contract, on every backend: build, forward/backward against finite
-differences (float64), params/grads on the device, get/set_weights, configs, bad arguments."""
+differences (float64), the cache and input-gradient protocol, params/grads on the device,
+get/set_weights, configs, bad arguments."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracles import numeric_grad, rel_error
+from oracles import check_gradients
 
+import xpcnn.functional as F
 from xpcnn import layers as L
 from xpcnn.backend import to_numpy
 from xpcnn.errors import InputError, ShapeError
+from xpcnn.layer_base import BackwardOrderError
 
 LAYER_CASES = [
     (lambda: L.Conv2D(3, 3, padding="same", activation="tanh"), (2, 2, 6, 6)),
@@ -38,33 +41,21 @@ def _built(make, case, xshape, rng, dtype="float64"):
 @pytest.mark.parametrize("make,xshape", LAYER_CASES)
 def test_layer_gradients_match_finite_differences(case, rng, make, xshape):
     layer = _built(make, case, xshape, rng)
-    x = rng.standard_normal(xshape)
-    be = case.backend
-    state = getattr(layer, "rng", None)
+    keys = list(layer.params)
+    reseed = hasattr(layer, "rng")
 
-    def run(xv):
-        if state is not None:
+    def forward(x, *params):
+        layer.params.update(zip(keys, params))
+        if reseed:
             layer.rng = np.random.default_rng(7)  # the same dropout mask every time
-        return layer.forward(be.asarray(xv, "float64"))
+        return layer.forward(x), None
 
-    y = run(x)
-    r = rng.standard_normal(tuple(y.shape))
-    dx = layer.backward(be.asarray(r, "float64"))
-    assert be.owns(dx) and tuple(dx.shape) == xshape
-    assert rel_error(to_numpy(dx), numeric_grad(lambda v: float(np.sum(to_numpy(run(v)) * r)), x)) <= 1e-6
+    def backward(dy, _):
+        return (layer.backward(dy), *(layer.grads[k] for k in keys))
+
+    inputs = [rng.standard_normal(xshape), *(to_numpy(layer.params[k]) for k in keys)]
+    check_gradients(case, forward, backward, inputs, rng)
     assert sorted(layer.grads) == sorted(layer.params)
-    for key, p in layer.params.items():
-        g = layer.grads[key]
-        assert be.owns(g) and tuple(g.shape) == tuple(p.shape)
-        host = to_numpy(p)
-
-        def f(v, key=key):
-            layer.params[key] = be.asarray(v, "float64")
-            return float(np.sum(to_numpy(run(x)) * r))
-
-        num = numeric_grad(f, host)
-        layer.params[key] = be.asarray(host, "float64")
-        assert rel_error(to_numpy(g), num) <= 1e-6, key
 
 
 @pytest.mark.parametrize("make,xshape", LAYER_CASES)
@@ -76,12 +67,53 @@ def test_layer_output_lives_on_the_input_device_and_dtype(case, rng, make, xshap
         assert case.backend.owns(p) and p.dtype == case.backend.dtype(case.dtype)
 
 
-def test_first_layer_skips_input_gradient(case, rng):
+def test_first_layer_skips_input_gradient(case, rng, monkeypatch):
+    asked = []
+
+    def spy(dy, cache, *, need_dx=True):
+        asked.append(need_dx)
+        return F.conv2d_backward(dy, cache, need_dx=need_dx)
+
+    monkeypatch.setattr(L.Conv2D, "_op_backward", staticmethod(spy))
     layer = _built(lambda: L.Conv2D(2, 3), case, (2, 1, 5, 5), rng)
     layer.need_input_grad = False
     layer.forward(case.asarray(rng.standard_normal((2, 1, 5, 5)), "float64"))
     assert layer.backward(case.asarray(np.ones((2, 2, 3, 3)), "float64")) is None
+    assert asked == [False]  # the kernel itself skipped dx (conv: no col2im)
     assert set(layer.grads) == {"kernel", "bias"}
+
+
+@pytest.mark.parametrize("make,xshape", [c for c in LAYER_CASES if not isinstance(c[0](), (L.Conv2D, L.Dense))])
+def test_weightless_first_layer_computes_nothing_backward(case, rng, make, xshape, monkeypatch):
+    layer = _built(make, case, xshape, rng)
+    layer.need_input_grad = False
+    y = layer.forward(case.asarray(rng.standard_normal(xshape), "float64"))
+    monkeypatch.setattr(layer, "_backward", lambda *a: pytest.fail("hook called for nothing"))
+    assert layer.backward(case.xp.ones_like(y)) is None and layer.grads == {}
+
+
+@pytest.mark.parametrize("make,xshape", LAYER_CASES)
+def test_cache_lives_from_a_training_forward_to_its_backward(case, rng, make, xshape):
+    layer = _built(make, case, xshape, rng)
+    x = case.asarray(rng.standard_normal(xshape), "float64")
+    y = layer.forward(x, training=False)
+    with pytest.raises(BackwardOrderError, match="needs a forward"):  # inference keeps no activations
+        layer.backward(case.xp.ones_like(y))
+    layer.forward(x)
+    dx = layer.backward(case.xp.ones_like(y))
+    assert tuple(dx.shape) == xshape
+    with pytest.raises(BackwardOrderError, match=layer.name):  # the backward freed them
+        layer.backward(case.xp.ones_like(y))
+
+
+def test_dropout_without_dropping_passes_the_gradient_through(case, rng):
+    x = case.asarray(rng.standard_normal((3, 4)))
+    for layer, training in ((L.Dropout(0.0), True), (L.Dropout(0.5), False)):
+        assert layer.forward(x, training=training) is x
+    layer = L.Dropout(0.0)
+    layer.forward(x)
+    dy = case.asarray(rng.standard_normal((3, 4)))
+    assert layer.backward(dy) is dy
 
 
 def test_weights_round_trip_in_keras_order(case, rng):

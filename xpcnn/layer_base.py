@@ -1,17 +1,45 @@
-"""The base class every layer derives from: parameters, gradients, device, dtype, shape checks."""
+"""The base class every layer derives from: the forward/backward protocol, parameters, gradients,
+device, dtype and input checks."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from array_api_compat import array_namespace
 
 from . import initializers
 from .backend import Backend, backend_of, to_numpy
-from .errors import InputError, ShapeError
+from .errors import InputError, ShapeError, XpcnnError
+
+
+class Kernels(NamedTuple):
+    """A forward kernel ``(x, ...) -> (y, cache)`` and its backward ``(dy, cache) -> dx``."""
+
+    forward: Callable
+    backward: Callable
+
+
+class BackwardOrderError(XpcnnError, RuntimeError):
+    """``backward`` was called without a ``forward(training=True)`` of its own before it."""
 
 
 class Layer:
-    """Base class: bookkeeping shared by all layers."""
+    """Base class: the forward/backward protocol and the bookkeeping shared by all layers.
+
+    The public methods are written once, here; a layer implements two hooks:
+
+    - ``_forward(x, training) -> (y, cache)``: ``x`` is already checked (backend, dtype, shape)
+      and the layer built. ``cache`` is what the backward needs.
+    - ``_backward(dy, cache, need_dx) -> (dx, grads)``: ``grads`` has the keys of ``params``
+      (``{}`` without weights); ``dx`` may be None when ``need_dx`` is False.
+
+    :meth:`forward` keeps the cache only when ``training`` (inference keeps no activations);
+    :meth:`backward` hands it to the hook once and frees it. ``need_input_grad`` (False for the
+    first layer of a model) is read in :meth:`backward` only: a layer without weights then
+    skips its hook, a layer with weights gets ``need_dx=False`` (conv skips its col2im).
+    """
 
     #: Whether one sample's output depends on the other samples of its batch (batch statistics):
     #: such a model trains on whole batches, never on shards of them in threads.
@@ -23,7 +51,7 @@ class Layer:
         self.backend, self.dtype, self.input_shape = None, None, None
         self.need_input_grad = True
         self.built = False
-        self._cache = None
+        self._pending = None  # (cache,) from a training forward until its backward; a cache may be None
         self._owner = None  # weakref to the Sequential holding this layer (a layer serves one model)
 
     def build(self, input_shape, backend: Backend, dtype="float32", rng=None):
@@ -68,12 +96,33 @@ class Layer:
         return shape == self.input_shape
 
     def forward(self, x, training=True):
-        """The layer's output for a device batch ``x``; ``training`` enables dropout and caching."""
-        raise NotImplementedError
+        """The layer's output for a device batch ``x``; ``training`` enables dropout and keeps
+        what :meth:`backward` needs (until that backward)."""
+        self._check_input(x)
+        y, cache = self._forward(x, training)
+        self._pending = (cache,) if training else None
+        return y
 
     def backward(self, dy):
-        """∂E/∂x from dy = ∂E/∂y of the last ``forward``; fills ``grads`` for layers with weights."""
-        raise NotImplementedError
+        """∂E/∂x from dy = ∂E/∂y of the last ``forward(training=True)``; None when
+        ``need_input_grad`` is False. Fills ``grads`` (same keys as ``params``) and frees the cache.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise BackwardOrderError(f"Layer '{self.name}': backward() needs a forward(x, training=True) first; "
+                                     "inference and an earlier backward keep no activations.")
+        (cache,) = pending
+        need_dx = self.need_input_grad
+        if not need_dx and not self.params:
+            return None  # nothing to compute
+        dx, self.grads = self._backward(dy, cache, need_dx)
+        return dx if need_dx else None
+
+    def _forward(self, x, training):
+        raise NotImplementedError(f"{type(self).__name__} must implement _forward(x, training) -> (y, cache)")
+
+    def _backward(self, dy, cache, need_dx):
+        raise NotImplementedError(f"{type(self).__name__} must implement _backward(dy, cache, need_dx) -> (dx, grads)")
 
     def get_weights(self):
         """Host copies (as Keras): later training never changes what this returned."""

@@ -1,9 +1,11 @@
 """Layers: hold parameters, gradients and caches; the math lives in :mod:`xpcnn.functional`.
 
-Contract every layer keeps:
+Contract every layer keeps (written once in :class:`~xpcnn.layer_base.Layer`; a layer fills in
+the hooks ``_forward(x, training) -> (y, cache)`` and ``_backward(dy, cache, need_dx) -> (dx, grads)``):
 
 - ``forward(x, training=True) -> y`` and ``backward(dy) -> dx`` (None when the layer was told
-  its input needs no gradient, e.g. the first layer);
+  its input needs no gradient, e.g. the first layer); the activations a backward needs are kept
+  from a training forward until that backward, never at inference;
 - ``params`` and, after ``backward``, ``grads``: dicts with the same keys (``"kernel"``,
   ``"bias"``), arrays on the layer's device;
 - ``get_weights()`` / ``set_weights(list)`` with host NumPy arrays, kernel then bias;
@@ -41,18 +43,11 @@ from .layers_simple import (
     Sigmoid,
     Softmax,
     Tanh,
+    activation_kernels,
 )
 
 __all__ = ["Activation", "AveragePooling2D", "BatchStandardize", "Conv2D", "Dense", "Dropout", "Flatten", "Layer",
            "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh", "from_config"]
-
-
-def _activation(name):
-    if name is None or name == "linear":
-        return None
-    if name not in F.ACTIVATIONS:
-        raise InputError(f"Unknown activation {name!r}. Expected one of {sorted(F.ACTIVATIONS)} or None.")
-    return name
 
 
 class _Weighted(Layer):
@@ -60,7 +55,8 @@ class _Weighted(Layer):
 
     def __init__(self, activation, use_bias, kernel_initializer, bias_initializer, seed, name):
         super().__init__(name)
-        self.activation = _activation(activation)
+        self._act = activation_kernels(activation, optional=True)
+        self.activation = None if self._act is None else activation
         self.use_bias = bool(use_bias)
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
         initializers.get(kernel_initializer), initializers.get(bias_initializer)  # validate early
@@ -71,33 +67,21 @@ class _Weighted(Layer):
         if self.use_bias:
             self.params["bias"] = self._init(self.bias_initializer, (units,), rng)
 
-    def forward(self, x, training=True):
-        """y = activation(op(x)) for a device batch ``x``; keeps what ``backward`` needs."""
-        self._check_input(x)
+    def _forward(self, x, training):
+        """y = activation(op(x)); the cache holds both stages'."""
         z, op_cache = self._op_forward(x)
-        y, act_cache = self._activate(z)
-        self._cache = (op_cache, act_cache)
-        return y
+        if self._act is None:
+            return z, (op_cache, None)
+        y, act_cache = self._act.forward(z)
+        return y, (op_cache, act_cache)
 
-    def backward(self, dy):
-        """Store ∂E/∂kernel and ∂E/∂bias in ``grads`` from dy = ∂E/∂y; return ∂E/∂x (or None)."""
-        op_cache, act_cache = self._cache
-        dx, dk, db = self._op_backward(self._deactivate(dy, act_cache), op_cache, need_dx=self.need_input_grad)
-        self._store_grads(dk, db)
-        return dx
-
-    def _activate(self, z):
-        if self.activation is None:
-            return z, None
-        return F.ACTIVATIONS[self.activation][0](z)
-
-    def _deactivate(self, dy, act_cache):
-        return dy if self.activation is None else F.ACTIVATIONS[self.activation][1](dy, act_cache)
-
-    def _store_grads(self, dkernel, dbias):
-        self.grads = {"kernel": dkernel}
-        if self.use_bias:
-            self.grads["bias"] = dbias
+    def _backward(self, dy, cache, need_dx):
+        """∂E/∂x (None unless ``need_dx``) and {∂E/∂kernel, ∂E/∂bias} from dy = ∂E/∂y."""
+        op_cache, act_cache = cache
+        if self._act is not None:
+            dy = self._act.backward(dy, act_cache)
+        dx, dkernel, dbias = self._op_backward(dy, op_cache, need_dx=need_dx)
+        return dx, {"kernel": dkernel, **({"bias": dbias} if self.use_bias else {})}
 
     def get_config(self):
         """The constructor arguments as plain data (see :func:`from_config`)."""

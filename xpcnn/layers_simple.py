@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import array_namespace
 
 from . import functional as F
 from .errors import InputError, ShapeError
 from .functional._checks import pair
 from .functional.pooling import pool_output_size
-from .layer_base import Layer
+from .layer_base import Kernels, Layer
+
+
+def activation_kernels(name, *, optional=False):
+    """The :class:`Kernels` of activation ``name``; with ``optional``, None for None or "linear"."""
+    if optional and name in (None, "linear"):
+        return None
+    if name not in F.ACTIVATIONS:
+        also = " or None" if optional else ""
+        raise InputError(f"Unknown activation {name!r}. Expected one of {sorted(F.ACTIVATIONS)}{also}.")
+    return Kernels(*F.ACTIVATIONS[name])
 
 
 class _Pool(Layer):
-    _forward = _backward = None
+    _kernels: Kernels  # set by each pooling class
 
     def __init__(self, pool_size=2, strides=None, name=None):
         super().__init__(name)
@@ -30,15 +39,11 @@ class _Pool(Layer):
     def _shape_ok(self, shape):
         return shape[0] == self.input_shape[0]
 
-    def forward(self, x, training=True):
-        """Pool each channel of a device batch (N, C, H, W) -> (N, C, OH, OW)."""
-        self._check_input(x)
-        y, self._cache = type(self)._forward(x, self.pool_size, self.strides)
-        return y
+    def _forward(self, x, training):
+        return self._kernels.forward(x, self.pool_size, self.strides)
 
-    def backward(self, dy):
-        """∂E/∂x from dy = ∂E/∂y (None when the layer needs no input gradient)."""
-        return type(self)._backward(dy, self._cache) if self.need_input_grad else None
+    def _backward(self, dy, cache, need_dx):
+        return self._kernels.backward(dy, cache), {}
 
     def get_config(self):
         return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides)}
@@ -67,7 +72,7 @@ class MaxPool2D(_Pool):
     (6, 14, 14)
     """
 
-    _forward, _backward = staticmethod(F.max_pool2d_forward), staticmethod(F.max_pool2d_backward)
+    _kernels = Kernels(F.max_pool2d_forward, F.max_pool2d_backward)
 
 
 class AveragePooling2D(_Pool):
@@ -82,7 +87,7 @@ class AveragePooling2D(_Pool):
     (1, 3, 3)
     """
 
-    _forward, _backward = staticmethod(F.avg_pool2d_forward), staticmethod(F.avg_pool2d_backward)
+    _kernels = Kernels(F.avg_pool2d_forward, F.avg_pool2d_backward)
 
 
 class Flatten(Layer):
@@ -97,15 +102,11 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
 
-    def forward(self, x, training=True):
-        """Reshape a device batch to (N, features) (a view, no copy where the backend allows)."""
-        self._check_input(x)
-        y, self._cache = F.flatten_forward(x)
-        return y
+    def _forward(self, x, training):
+        return F.flatten_forward(x)  # a view, no copy where the backend allows
 
-    def backward(self, dy):
-        """dy reshaped back to the input's shape (None when no input gradient is needed)."""
-        return F.flatten_backward(dy, self._cache) if self.need_input_grad else None
+    def _backward(self, dy, cache, need_dx):
+        return F.flatten_backward(dy, cache), {}
 
 
 class Dropout(Layer):
@@ -139,22 +140,15 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.rng = np.random.default_rng(seed)
 
-    def forward(self, x, training=True):
-        """Apply a fresh mask when ``training``; else return ``x`` itself."""
-        self._check_input(x)
+    def _forward(self, x, training):
         if not training or self.rate == 0.0:
-            self._cache = None
-            return x
+            return x, None  # x itself: nothing dropped
         keep = self.rng.random(tuple(x.shape)) >= self.rate  # host RNG: the same mask on every device
         mask = self.backend.xp.astype(self.backend.asarray(keep), x.dtype)  # 1 byte a value crosses
-        y, self._cache = F.dropout_forward(x, mask, self.rate)
-        return y
+        return F.dropout_forward(x, mask, self.rate)
 
-    def backward(self, dy):
-        """dy times the forward's scaled mask (None when no input gradient is needed)."""
-        if not self.need_input_grad:
-            return None
-        return dy if self._cache is None else F.dropout_backward(dy, self._cache)
+    def _backward(self, dy, cache, need_dx):
+        return (dy if cache is None else F.dropout_backward(dy, cache)), {}
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate}
@@ -165,20 +159,17 @@ class Activation(Layer):
 
     def __init__(self, activation, name=None):
         super().__init__(name)
-        if activation not in F.ACTIVATIONS:
-            raise InputError(f"Unknown activation {activation!r}. Expected one of {sorted(F.ACTIVATIONS)}.")
+        self._kernels = activation_kernels(activation)
         self.activation = activation
 
     def _shape_ok(self, shape):
         return True  # elementwise: any shape
 
-    def forward(self, x, training=True):
-        self._check_input(x)
-        y, self._cache = F.ACTIVATIONS[self.activation][0](x)
-        return y
+    def _forward(self, x, training):
+        return self._kernels.forward(x)
 
-    def backward(self, dy):
-        return F.ACTIVATIONS[self.activation][1](dy, self._cache) if self.need_input_grad else None
+    def _backward(self, dy, cache, need_dx):
+        return self._kernels.backward(dy, cache), {}
 
     def get_config(self):
         cfg = {**super().get_config(), "activation": self.activation}
@@ -210,14 +201,16 @@ class Softmax(Activation):
 class BatchStandardize(Layer):
     """Standardize each feature over the batch: ẑ = (z - μ) / σ, σ = sqrt(var + ε).
 
-    The tutorial's code does this to the dense output before the last sigmoid and then ignores it
-    in backprop. Its true gradient (batch normalization without scale and shift) is
+    Batch normalization without scale and shift, backpropagated exactly (the forward and the
+    gradient are in :mod:`xpcnn.functional.normalization`). The tutorial's network applies it to
+    the dense output before the last sigmoid. It uses the batch's own statistics also at
+    inference (there are no running averages): an output depends on the whole batch, and a batch
+    of one image standardizes to 0.
 
-        ∂E/∂z = (1/σ) · (dẑ - mean_n(dẑ) - ẑ · mean_n(dẑ · ẑ))
-
-    Like the tutorial's code it uses the batch's own statistics also at inference (there are no
-    running averages, unlike batch normalization): an output depends on the whole batch, and a
-    batch of one image standardizes to 0.
+    Examples
+    --------
+    >>> BatchStandardize().output_shape((10,))
+    (10,)
     """
 
     couples_batch = True  # its output depends on the whole batch: a batch is never split across threads
@@ -226,21 +219,11 @@ class BatchStandardize(Layer):
         super().__init__(name)
         self.epsilon = float(epsilon)
 
-    def forward(self, x, training=True):
-        self._check_input(x)
-        xp = array_namespace(x)
-        mu = xp.mean(x, axis=0, keepdims=True)
-        sigma = xp.sqrt(xp.var(x, axis=0, keepdims=True) + self.epsilon)
-        z = (x - mu) / sigma
-        self._cache = (z, sigma)
-        return z
+    def _forward(self, x, training):
+        return F.batch_standardize_forward(x, epsilon=self.epsilon)
 
-    def backward(self, dy):
-        if not self.need_input_grad:
-            return None
-        xp = array_namespace(dy)
-        z, sigma = self._cache
-        return (dy - xp.mean(dy, axis=0, keepdims=True) - z * xp.mean(dy * z, axis=0, keepdims=True)) / sigma
+    def _backward(self, dy, cache, need_dx):
+        return F.batch_standardize_backward(dy, cache), {}
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}

@@ -144,8 +144,6 @@ class Sequential:
             self.build(tuple(x.shape[1:]))
         for layer in self.layers:
             x = layer.forward(x, training=training)
-            if not training:
-                layer._cache = None  # inference keeps no activations alive
         return x
 
     def backward(self, dy):
@@ -156,7 +154,6 @@ class Sequential:
         """
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
-            layer._cache = None  # free each layer's activations as soon as its gradient is done
         return dy
 
     def parameters(self):
