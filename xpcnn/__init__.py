@@ -24,8 +24,16 @@ def load(path, device=None):
     return load_model(path, device=device)
 
 
+def from_keras(model, **kw):
+    """An xpcnn ``Sequential`` from a Keras 3 ``Sequential`` or ``.keras`` file; needs the ``keras``
+    extra. See :func:`xpcnn.interop.keras.from_keras`."""
+    from .interop.keras import from_keras as convert
+
+    return convert(model, **kw)
+
+
 __all__ = [
     "SGD", "Adam", "CheckpointError", "DataError", "DeviceError", "InputError", "NonFiniteLossError", "Sequential",
-    "ShapeError", "XpcnnError", "functional", "get_backend", "initializers", "layers", "load", "optimizers",
-    "to_numpy",
+    "ShapeError", "XpcnnError", "from_keras", "functional", "get_backend", "initializers", "layers", "load",
+    "optimizers", "to_numpy",
 ]

@@ -97,11 +97,28 @@ def build_parser():
     ck.add_argument("--seed", type=seed_arg, default=0)
     ck.add_argument("--rtol", type=positive_float, default=None, help="default: the dtype's stated bound")
 
+    _interop_parsers(sub)
     sub.add_parser("selftest", help="gradcheck + parity + a tiny training run (what the container runs)")
     sub.add_parser("info", help="versions, devices, data directory")
     sub.add_parser("bench", help="benchmarks: xpcnn bench --help (see BENCHMARKS.md)", add_help=False)
     parser.commands = sub.choices  # name -> subcommand parser, for errors in the subcommand's words
     return parser
+
+
+def _interop_parsers(sub):
+    """``export`` and ``import``: the ONNX / Keras bridges (xpcnn/interop/commands.py)."""
+    from .functional import LOSSES
+
+    ex = sub.add_parser("export", help="write a checkpoint's network as ONNX or Keras (extras 'onnx', 'keras')")
+    ex.add_argument("--checkpoint", type=path_arg, required=True)
+    ex.add_argument("--format", choices=("onnx", "keras"), default=None, help="default: from the output's suffix")
+    ex.add_argument("output", type=path_arg, metavar="OUTPUT", help="model.onnx or model.keras")
+    ex.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    im = sub.add_parser("import", help="a Keras .keras model -> an xpcnn checkpoint (extra 'keras')")
+    im.add_argument("model", type=path_arg, metavar="MODEL.keras")
+    im.add_argument("--checkpoint", type=path_arg, required=True, help="the checkpoint to write")
+    im.add_argument("--loss", choices=sorted(LOSSES), default=None, help="store a loss, for `xpcnn evaluate`")
+    im.add_argument("--overwrite", action="store_true", help="replace --checkpoint if it exists")
 
 
 def main(argv=None):
@@ -114,7 +131,14 @@ def main(argv=None):
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # with the subcommand's usage line, not the top-level one
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    from . import commands
+    if args.command in ("export", "import"):  # the bridges live in xpcnn/interop ("import" is a keyword)
+        from types import SimpleNamespace
+
+        from .interop.commands import COMMANDS
+
+        commands = SimpleNamespace(**COMMANDS)
+    else:
+        from . import commands
 
     def one_line(message, category, filename, lineno, line=None):  # no source path, no code line
         return f"xpcnn {args.command}: warning: {message}\n"

@@ -346,6 +346,13 @@ class Sequential:
 
         return save_model(self, path, extra=extra)
 
+    def to_onnx(self, path=None, **kw):
+        """The ONNX graph of this model's inference network (``path``: also write it); needs the
+        ``onnx`` extra. See :func:`xpcnn.interop.onnx.to_onnx`."""
+        from .interop.onnx import to_onnx
+
+        return to_onnx(self, path, **kw)
+
 
 def _channels_last_hint(input_shape):
     """A hint when ``input_shape`` looks like Keras's (H, W, C): xpcnn's images are (C, H, W)."""

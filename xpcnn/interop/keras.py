@@ -134,7 +134,7 @@ def from_keras(model, *, device=None, dtype="float32", seed=0):
     """
     keras = keras_module()
     if isinstance(model, (str, os.PathLike)):
-        model = keras.saving.load_model(model)
+        model = _load(keras, model)
     if not isinstance(model, keras.Sequential):
         raise InputError(f"from_keras takes a keras.Sequential model. Received {type(model).__name__}.")
     try:
@@ -156,6 +156,16 @@ def from_keras(model, *, device=None, dtype="float32", seed=0):
         if weights:
             layer.set_weights(weights)
     return out
+
+
+def _load(keras, path):
+    if not str(path).endswith(".keras") or not os.path.isfile(path):
+        raise InputError(f"Expected a Keras model file ending in .keras. Received {path}"
+                         f"{'' if os.path.isfile(path) else ', which does not exist'}.")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as exc:  # Keras raises anything from zipfile, h5py, JSON or its own checks
+        raise InputError(f"Cannot read {path} as a Keras model: {type(exc).__name__}: {exc}") from None
 
 
 class _Reader:
