@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+from test_cli import run  # the CLI runner: exit code, stdout, stderr, and never a traceback
 
 import xpcnn
 from xpcnn import layers as L
-from xpcnn.cli import main
 from xpcnn.data import load_dataset, prepare_images
 from xpcnn.errors import InputError
 from xpcnn.presets import build_model, get_preset, targets
@@ -217,16 +217,6 @@ def test_from_keras_names_the_layer_it_cannot_map(keras, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- CLI
-def run(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
 def test_export_and_import_commands(ort, keras, mnist, x200, tmp_path, capsys):
     ckpt = tmp_path / "lenet.npz"
     trained("lenet", mnist).save(ckpt)
