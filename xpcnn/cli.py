@@ -110,7 +110,7 @@ def _interop_parsers(sub):
     from .functional import LOSSES
 
     ex = sub.add_parser("export", help="write a checkpoint's network as ONNX or Keras (extras 'onnx', 'keras')")
-    ex.add_argument("--checkpoint", type=path_arg, required=True)
+    ex.add_argument("--checkpoint", type=path_arg, required=True, help="the xpcnn checkpoint to export")
     ex.add_argument("--format", choices=("onnx", "keras"), default=None, help="default: from the output's suffix")
     ex.add_argument("output", type=path_arg, metavar="OUTPUT", help="model.onnx or model.keras")
     ex.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
