@@ -121,6 +121,14 @@ def test_onnx_small_model_and_free_batch(ort, x200, tmp_path):
                                    **TOL)
 
 
+def test_onnx_of_a_float64_model_is_float32(ort, x200, tmp_path):
+    model = build_model(get_preset("tutorial"), device="cpu", dtype="float64")
+    model.to_onnx(tmp_path / "t64.onnx")
+    got = onnx_outputs(ort, tmp_path / "t64.onnx", x200)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, model.predict(x200.astype(np.float64)), **TOL)
+
+
 def test_onnx_without_path_returns_the_graph_and_refuses_foreign_layers(ort):
     proto = small_model().to_onnx()
     assert [n.op_type for n in proto.graph.node][:3] == ["Conv", "Tanh", "Conv"]

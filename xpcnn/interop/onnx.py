@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import __version__
 from ..errors import InputError
 from ..functional.conv import resolve_padding
 from ..layers import Activation
@@ -151,15 +152,9 @@ def to_onnx(model, path=None):
         g.nodes, model.name, [onnx.helper.make_tensor_value_info("input", floats, ["batch", *model.input_shape])],
         [onnx.helper.make_tensor_value_info("output", floats, ["batch", *model.output_shape])], g.initializers)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
-                                   producer_name="xpcnn", producer_version=_version())
+                                   producer_name="xpcnn", producer_version=__version__)
     proto.ir_version = IR_VERSION
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
         write_atomically(path, lambda tmp: onnx.save(proto, tmp))
     return proto
-
-
-def _version():
-    from .. import __version__
-
-    return __version__
