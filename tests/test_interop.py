@@ -20,6 +20,8 @@ from xpcnn.errors import InputError
 from xpcnn.presets import build_model, get_preset, targets
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
+# Keras 3.15's torch backend calls np.array(tensor, copy=False): NumPy 2 warns, nothing is wrong here.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
