@@ -267,12 +267,12 @@ def test_exploding_learning_rate_stops_and_keeps_last_checkpoint(capsys, tmp_pat
 
 
 def test_unexpected_errors_exit_1_without_traceback(capsys, monkeypatch):
-    import xpcnn.commands
+    import xpcnn.cli
 
     def boom(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(xpcnn.commands, "info", boom)
+    monkeypatch.setitem(xpcnn.cli.COMMANDS, "info", boom)
     code, _, err = run(["info"], capsys)
     assert code == 1 and "unexpected ZeroDivisionError: a bug" in err and "XPCNN_DEBUG" in err
 

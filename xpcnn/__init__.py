@@ -12,6 +12,7 @@ from . import functional, initializers, layers, optimizers
 from ._version import __version__
 from .backend import get_backend, to_numpy
 from .errors import CheckpointError, DataError, DeviceError, InputError, ShapeError, XpcnnError
+from .interop import keras as keras_bridge
 from .model import NonFiniteLossError, Sequential
 from .optimizers import SGD, Adam
 
@@ -21,8 +22,14 @@ def load(path, device=None):
     return Sequential.load(path, device=device)
 
 
+def from_keras(model, **kw):
+    """An xpcnn ``Sequential`` from a Keras 3 ``Sequential`` or ``.keras`` file; needs the ``keras``
+    extra. See :func:`xpcnn.interop.keras.from_keras`."""
+    return keras_bridge.from_keras(model, **kw)
+
+
 __all__ = [
     "SGD", "Adam", "CheckpointError", "DataError", "DeviceError", "InputError", "NonFiniteLossError", "Sequential",
-    "ShapeError", "XpcnnError", "functional", "get_backend", "initializers", "layers", "load", "optimizers",
-    "to_numpy", "__version__",
+    "ShapeError", "XpcnnError", "__version__", "from_keras", "functional", "get_backend", "initializers", "layers",
+    "load", "optimizers", "to_numpy",
 ]

@@ -18,6 +18,8 @@ from .backend import DEVICES, DTYPES, default_device, is_out_of_memory
 from .bench import main as bench_main
 from .data import DATASETS
 from .errors import XpcnnError
+from .functional import LOSSES
+from .interop.commands import COMMANDS as INTEROP_COMMANDS
 from .presets import PRESETS
 from .training import NonFiniteLossError
 
@@ -32,6 +34,9 @@ def _data_args(p):
     p.add_argument("--data-dir", type=path_arg, default=None,
                    help="folder with the four gzip IDX files or a Keras .npz (default: XPCNN_DATA_DIR, "
                         "then the Keras cache, then download)")
+
+
+COMMANDS = {**{name: getattr(commands, name) for name in commands.__all__}, **INTEROP_COMMANDS}
 
 
 def build_parser():
@@ -103,11 +108,26 @@ def build_parser():
     ck.add_argument("--seed", type=seed_arg, default=0)
     ck.add_argument("--rtol", type=positive_float, default=None, help="default: the dtype's stated bound")
 
+    _interop_parsers(sub)
     sub.add_parser("selftest", help="gradcheck + parity + a tiny training run (what the container runs)")
     sub.add_parser("info", help="versions, devices, data directory")
     sub.add_parser("bench", help="benchmarks: xpcnn bench --help (see BENCHMARKS.md)", add_help=False)
     parser.commands = sub.choices  # name -> subcommand parser, for errors in the subcommand's words
     return parser
+
+
+def _interop_parsers(sub):
+    """``export`` and ``import``: the ONNX / Keras bridges (xpcnn/interop/commands.py)."""
+    ex = sub.add_parser("export", help="write a checkpoint's network as ONNX or Keras (extras 'onnx', 'keras')")
+    ex.add_argument("--checkpoint", type=path_arg, required=True, help="the xpcnn checkpoint to export")
+    ex.add_argument("--format", choices=("onnx", "keras"), default=None, help="default: from the output's suffix")
+    ex.add_argument("output", type=path_arg, metavar="OUTPUT", help="model.onnx or model.keras")
+    ex.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    im = sub.add_parser("import", help="a Keras .keras model -> an xpcnn checkpoint (extra 'keras')")
+    im.add_argument("model", type=path_arg, metavar="MODEL.keras")
+    im.add_argument("--checkpoint", type=path_arg, required=True, help="the checkpoint to write")
+    im.add_argument("--loss", choices=sorted(LOSSES), default=None, help="store a loss, for `xpcnn evaluate`")
+    im.add_argument("--overwrite", action="store_true", help="replace --checkpoint if it exists")
 
 
 def main(argv=None):
@@ -129,14 +149,14 @@ def main(argv=None):
             # NaN/inf is reported once, clearly, by the training loop; NumPy's warnings would repeat it.
             warnings.filterwarnings("ignore", message="(overflow|invalid value|divide by zero) encountered",
                                     category=RuntimeWarning)
-            return _run(commands, args)
+            return _run(COMMANDS[args.command], args)
     finally:
         warnings.formatwarning = formatwarning
 
 
-def _run(commands, args):
+def _run(command, args):
     try:
-        return getattr(commands, args.command)(args) or 0
+        return command(args) or 0
     except KeyboardInterrupt:
         print("xpcnn: interrupted", file=sys.stderr)
         return 130

@@ -37,6 +37,7 @@ from . import optimizers
 from .backend import DTYPES, Backend, get_backend
 from .checkpoint import load_checkpoint, load_latest_good, save_checkpoint
 from .errors import CheckpointError, InputError, ShapeError, channels_last_order, type_name
+from .interop import onnx as onnx_export
 from .layers import Dropout, Layer, from_config
 from .parallel import LOCAL
 from .training import NonFiniteLossError, run_evaluate, run_fit, run_predict
@@ -431,6 +432,11 @@ class Sequential:
         model = cls.from_checkpoint(header, arrays, device=device, where=str(used))
         model.checkpoint_path = used
         return model
+
+    def to_onnx(self, path=None, **kw):
+        """The ONNX graph of this model's inference network (``path``: also write it); needs the
+        ``onnx`` extra. See :func:`xpcnn.interop.onnx.to_onnx`."""
+        return onnx_export.to_onnx(self, path, **kw)
 
 
 def _channels_last_hint(input_shape):
