@@ -19,6 +19,7 @@ from .checkpoint import check_arch, previous_path, read_header
 from .data import CLASS_NAMES, load_dataset
 from .errors import CheckpointError, InputError
 from .io import load_model
+from .outputs import check_train_outputs, metrics_refusal, reported_after_save, set_aside
 from .presets import build_model, get_preset, targets
 
 
@@ -135,8 +136,7 @@ def train(args):
         why = ""
         if fell_back and Path(args.checkpoint).exists() and main_rank:
             # Damaged: set it aside, or the next save would move it over the good .prev.
-            damaged = Path(args.checkpoint).with_name(Path(args.checkpoint).name + ".damaged")
-            os.replace(args.checkpoint, damaged)
+            damaged = set_aside(args.checkpoint, ".damaged")  # a fresh name: never over an earlier one
             why = f" ({args.checkpoint} is damaged, kept as {damaged.name}; its previous version is intact)"
         elif fell_back:
             why = f" ({args.checkpoint} is missing; its previous version is intact)"
@@ -185,12 +185,13 @@ def train(args):
                       "before training" if model.epoch == 0 else f"at epoch {model.epoch} (resumed)")
 
     def after_epoch(model, epoch, logs):
-        metrics.write({"epoch": epoch + 1, "train_loss": logs["loss"], "train_accuracy": logs["accuracy"],
-                       "test_loss": logs.get("val_loss"), "test_accuracy": logs.get("val_accuracy"),
-                       "seconds": logs["seconds"], "images_per_second": logs["images_per_second"],
-                       "device": str(model.backend)})
-        if args.checkpoint and main_rank:
+        if args.checkpoint and main_rank:  # first: a metrics file that cannot be written costs no epoch
             model.save(args.checkpoint, extra=extra)
+        with reported_after_save("--metrics-out", args.metrics_out, args.checkpoint, epoch + 1):
+            metrics.write({"epoch": epoch + 1, "train_loss": logs["loss"], "train_accuracy": logs["accuracy"],
+                           "test_loss": logs.get("val_loss"), "test_accuracy": logs.get("val_accuracy"),
+                           "seconds": logs["seconds"], "images_per_second": logs["images_per_second"],
+                           "device": str(model.backend)})
 
     start = time.perf_counter()
     if model.epoch >= epochs:  # said even with --quiet: the run did nothing
@@ -210,7 +211,8 @@ def train(args):
             raise
     total = time.perf_counter() - start
     if plots is not None:
-        _plots_after(model, plots, xt, CLASS_NAMES[dataset] if preset["task"] == "classes" else ("<= 4", "> 4"))
+        with reported_after_save("--plots", plots, args.checkpoint, model.epoch):
+            _plots_after(model, plots, xt, CLASS_NAMES[dataset] if preset["task"] == "classes" else ("<= 4", "> 4"))
     h = model.history
     acc = h.get("val_accuracy", [float("nan")])[-1] if h else float("nan")
     train_acc = h.get("accuracy", [float("nan")])[-1] if h else float("nan")
@@ -235,6 +237,7 @@ def _optimizer_name(optimizer):
 def _check_outputs(args, found):
     """Every output can be written and nothing saved is lost, before any data are read or any
     epoch is trained. ``found``: the checkpoint files there already (PATH, PATH.prev)."""
+    check_train_outputs(args)  # no FIFO, device or folder; no two outputs on one file
     for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
         if path:
             writable_file(path, what)
@@ -242,9 +245,8 @@ def _check_outputs(args, found):
         raise InputError(_existing_checkpoint_message(found[0]))
     # An earlier run's metrics are kept unless this run continues them (a checkpoint was found
     # to resume) or --overwrite says so.
-    if args.metrics_out and not args.overwrite and not (args.resume and found) and _nonempty(args.metrics_out):
-        raise InputError(f"--metrics-out {args.metrics_out} holds the metrics of an earlier run. Choose another "
-                         "file, add --overwrite to replace them, or --resume with that run's --checkpoint.")
+    if args.metrics_out and not args.overwrite and not (args.resume and found) and metrics_refusal(args.metrics_out):
+        raise InputError(metrics_refusal(args.metrics_out))
     if args.plots:  # a picture folder that cannot be made fails now, not after training
         folder = Path(args.plots)  # (a Path: "pics/" names the folder, as it should here)
         if folder.exists() and not folder.is_dir():
@@ -284,13 +286,6 @@ def _existing_checkpoint_message(path):
                 "(or --overwrite to replace that file).")
     return (f"{path} holds a checkpoint already. Add --resume to continue it, or --overwrite to train a new "
             "model in its place (the old one is kept as .prev for one more epoch).")
-
-
-def _nonempty(path):
-    try:
-        return Path(path).stat().st_size > 0
-    except OSError:
-        return False
 
 
 def _plot_filters(model, path, title):
@@ -369,10 +364,10 @@ def summary(args):
         model = build_model(get_preset(args.preset), device="cpu")
         model.summary()
         return 0
-    from .checkpoint import read_header
+    from .checkpoint import load_checkpoint
     from .io import model_from_header
 
-    header = read_header(args.checkpoint)
+    header = load_checkpoint(args.checkpoint)[0]  # the digest too: a flipped byte is not summarized
     model_from_header(header, "cpu", args.checkpoint).summary()
     hist = header.get("history") or {}
     acc = (hist.get("val_accuracy") or [None])[-1]
