@@ -35,6 +35,7 @@ import numpy as np
 
 from . import functional as F
 from . import optimizers
+from .argcheck import checked_weights
 from .backend import DTYPES, Backend, get_backend, to_numpy
 from .errors import InputError, ShapeError, XpcnnError, channels_last_order, type_name
 from .layers import Dropout, Layer, from_config
@@ -307,7 +308,7 @@ class Sequential:
 
         Raises InputError for a wrong count and ShapeError for a wrong shape.
         """
-        weights = list(weights)
+        weights = checked_weights(weights)  # a list of finite numeric arrays, else InputError naming it
         expected = sum(len(layer.params) for layer in self.layers)
         if len(weights) != expected:
             raise InputError(f"Model has {expected} weight arrays. Received {len(weights)}.")

@@ -20,6 +20,7 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 from tqdm.auto import tqdm
 
+from .argcheck import TARGETS, require_given, require_positive_int
 from .backend import is_out_of_memory, to_numpy
 from .errors import InputError, ShapeError, type_name
 from .hostmem import keep_freed_host_memory
@@ -159,7 +160,7 @@ def device_batches(model, data: Staged, batch_size, order=None, shard=None):
     ``shard(nb) -> (lo, hi)`` keeps rows lo:hi of each batch of nb (data parallelism), before any
     transfer or conversion: each rank moves and converts only its own share.
     """
-    be = model.backend
+    be, batch_size = model.backend, require_positive_int(batch_size, "batch_size")
     n = data.x.shape[0]
     if data.on_device and order is not None:
         order = be.asarray(order.astype(np.int64))  # one small transfer an epoch
@@ -216,7 +217,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     if model.backend.name == "cpu":
         keep_freed_host_memory()  # ~1.7x images/s on NumPy: steps stop faulting their temporaries in
     x_uint8 = getattr(x, "dtype", None) == np.uint8
-    x, y = check_inputs(model, x, y, stacklevel=3)  # the user's fit call: fit -> run_fit -> here
+    x, y = check_inputs(model, x, require_given(y, "y", TARGETS), stacklevel=3)  # fit -> run_fit -> here
     val_data = None
     if validation_data is not None:  # one warning a call: x_val only when x had none
         val_data = _eval_data(model, *check_inputs(model, *validation_data, name="x_val",
@@ -316,7 +317,7 @@ def _check_losses(losses, first, last, epoch, comm=None):
 
 def run_evaluate(model, x, y, *, batch_size=256, verbose=0):
     model._loss_fns()
-    data = _eval_data(model, *check_inputs(model, x, y, stacklevel=3))  # evaluate -> run_evaluate -> here
+    data = _eval_data(model, *check_inputs(model, x, require_given(y, "y", TARGETS), stacklevel=3))
     return _evaluate(model, data, batch_size=batch_size, verbose=verbose)
 
 
