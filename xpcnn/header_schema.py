@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 
+from . import optimizers
 from .errors import CheckpointError, InputError
 from .functional._checks import pair
 from .functional.conv import output_size, resolve_padding
 from .functional.losses import LOSSES
 from .functional.pooling import pool_output_size
+from .optimizers import OPTIMIZERS
 
 MAX_EPOCH = 10**6
 MAX_LAYERS = 1000
@@ -58,7 +60,7 @@ def _check_fields(h):
         _want(_is_int(h["epoch"]) and 0 <= h["epoch"] <= MAX_EPOCH, "epoch", h["epoch"],
               f"an integer in 0..{MAX_EPOCH}")
     if h.get("loss") is not None:
-        _want(h["loss"] in LOSSES, "loss", h["loss"], f"one of {sorted(LOSSES)}")
+        _want(isinstance(h["loss"], str) and h["loss"] in LOSSES, "loss", h["loss"], f"one of {sorted(LOSSES)}")
     if h.get("history") is not None:
         hist = h["history"]
         _want(isinstance(hist, dict) and all(
@@ -84,10 +86,15 @@ def _check_optimizer(opt):
     _want(isinstance(opt, dict) and isinstance(opt.get("config"), dict), "optimizer", opt,
           "an object with a `config` object")
     config = opt["config"]
-    _want(config.get("class") in ("SGD", "Adam"), "optimizer.config.class", config.get("class"), "'SGD' or 'Adam'")
+    _want(isinstance(config.get("class"), str) and config["class"] in OPTIMIZERS, "optimizer.config.class",
+          config.get("class"), f"one of {list(OPTIMIZERS)}")
     for key, value in config.items():
         if key != "class":
             _want(_is_number(value) or isinstance(value, bool), f"optimizer.config.{key}", value, "a number")
+    try:
+        optimizers.get(config)  # the constructor checks names and ranges; it allocates nothing
+    except (InputError, TypeError, ValueError) as exc:
+        raise FieldError("optimizer.config", f"does not describe an optimizer: {exc}") from None
     if "iterations" in opt:
         _want(_is_int(opt["iterations"]) and 0 <= opt["iterations"] < 2**63, "optimizer.iterations",
               opt["iterations"], "a non-negative integer")
