@@ -23,7 +23,7 @@ import pytest
 import xpcnn
 from xpcnn.checkpoint import load_checkpoint, previous_path
 from xpcnn.cli import main
-from xpcnn.data import read_idx
+from xpcnn.data import load_npz_dataset, read_idx
 from xpcnn.errors import CheckpointError, DataError, InputError
 from xpcnn.presets import build_model, get_preset
 
@@ -247,6 +247,30 @@ def test_11_summary_verifies_the_digest(tmp_path, capsys):
     ckpt.write_bytes(bytes(blob))
     code, _, err = run(["summary", "--checkpoint", ckpt], capsys)
     assert code == 2 and ("corrupt" in err or "damaged" in err) and "m.npz" in err
+
+
+def test_a_fifo_in_the_data_folder_is_refused_not_waited_on(tmp_path, tiny_data_dir, capsys):
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        target = tmp_path / "data" / name
+        target.parent.mkdir(exist_ok=True)
+        if name.startswith("train-images"):
+            os.mkfifo(target)
+        else:
+            target.symlink_to(tiny_data_dir / name)
+    code, _, err = run(train(tmp_path / "data"), capsys)
+    assert code == 2 and "train-images-idx3-ubyte.gz" in err  # not found as a file: exit 2, no hang
+    with pytest.raises(DataError, match="FIFO"):
+        read_idx(tmp_path / "data" / "train-images-idx3-ubyte.gz")
+    os.mkfifo(tmp_path / "mnist.npz")
+    with pytest.raises(DataError, match="FIFO"):
+        load_npz_dataset(tmp_path / "mnist.npz")
+
+
+def test_plots_and_checkpoint_on_one_path_are_refused(tmp_path, tiny_data_dir, capsys):
+    pytest.importorskip("matplotlib")
+    code, _, err = run(train(tiny_data_dir, "--checkpoint", tmp_path / "out", "--plots", tmp_path / "out"), capsys)
+    assert code == 2 and "same file" in err
 
 
 def test_inputs_that_are_devices_or_folders_are_refused(tmp_path, capsys):

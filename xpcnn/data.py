@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from .errors import ARCHIVE_READ_ERRORS, DataError, InputError, channels_last_order
 from .npy import read_npy_header
+from .outputs import open_regular
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFAULT_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
@@ -140,7 +141,7 @@ def read_idx(source, *, expected_magic=None, expected_shape_tail=None, max_items
             source = bytes(source)
             return _parse_idx(io.BytesIO(source), len(source), label, expected_magic,
                               expected_shape_tail, max_items)
-        with open(source, "rb") as f:
+        with open_regular(source, f"Cannot read IDX file {label}", error=DataError) as f:  # never a FIFO
             return _parse_idx(f, os.fstat(f.fileno()).st_size, label, expected_magic,
                               expected_shape_tail, max_items)
     except (OSError, EOFError, zlib.error) as exc:
@@ -220,7 +221,7 @@ def load_npz_dataset(path, *, name=None) -> Dataset:
     path = Path(path)
     arrays = {}
     try:
-        with zipfile.ZipFile(path) as zf:
+        with open_regular(path, f"Cannot read {path}", error=DataError) as f, zipfile.ZipFile(f) as zf:
             for key in IDX_FILES:
                 arrays[key] = _read_npz_member(zf, key, path)
     except ARCHIVE_READ_ERRORS as exc:

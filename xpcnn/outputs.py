@@ -128,7 +128,7 @@ def open_regular(path, where, *, error=CheckpointError):
         if not stat.S_ISREG(mode):
             kind = _mode_kind(mode)
             raise error(f"{where}: it is a {kind}, not a regular file" +
-                        ("" if kind == "directory" else "; give the path of a checkpoint file"))
+                        ("" if kind == "directory" else "; give the path of a file"))
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -181,7 +181,7 @@ def check_train_outputs(args):
         for name in PLOT_FILES:
             require_file_or_absent(Path(plots) / name, "The picture", fix="move it away or choose another --plots")
     refuse_same_file({"--checkpoint": checkpoint, f"--checkpoint's previous version ({prev})": prev,
-                      "--metrics-out": metrics})
+                      "--metrics-out": metrics, "--plots": plots})
 
 
 @contextlib.contextmanager
