@@ -5,9 +5,7 @@ path or argument, never a hang, a traceback or a lost epoch."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 import os
 import signal
@@ -15,7 +13,6 @@ import stat
 import struct
 import tracemalloc
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,17 +331,11 @@ def test_library_save_follows_a_symlink_and_refuses_a_fifo(tmp_path, fifo):
     assert link.is_symlink() and target.is_file() and previous_path(link) == tmp_path / "t.npz.prev"
     with pytest.raises(CheckpointError, match="FIFO"):
         model.save(fifo)
-    with contextlib.suppress(FileNotFoundError):
-        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
-def test_a_compressed_entry_in_memory_is_refused_too():
-    buf = io.BytesIO()
-    np.savez_compressed(buf, __header__=np.zeros(3, np.uint8))
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"xpcnn-hostile-{os.getpid()}.npz"
-    path.write_bytes(buf.getvalue())
-    try:
-        with pytest.raises(CheckpointError, match="compressed"):
-            load_checkpoint(path)
-    finally:
-        path.unlink()
+def test_an_np_savez_compressed_archive_is_refused(tmp_path):
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, __header__=np.zeros(3, np.uint8))
+    with pytest.raises(CheckpointError, match="compressed"):
+        load_checkpoint(path)

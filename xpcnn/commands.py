@@ -245,8 +245,9 @@ def _check_outputs(args, found):
         raise InputError(_existing_checkpoint_message(found[0]))
     # An earlier run's metrics are kept unless this run continues them (a checkpoint was found
     # to resume) or --overwrite says so.
-    if args.metrics_out and not args.overwrite and not (args.resume and found) and metrics_refusal(args.metrics_out):
-        raise InputError(metrics_refusal(args.metrics_out))
+    if args.metrics_out and not args.overwrite and not (args.resume and found) and (
+            refusal := metrics_refusal(args.metrics_out)):
+        raise InputError(refusal)
     if args.plots:  # a picture folder that cannot be made fails now, not after training
         folder = Path(args.plots)  # (a Path: "pics/" names the folder, as it should here)
         if folder.exists() and not folder.is_dir():

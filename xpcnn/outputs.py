@@ -141,7 +141,8 @@ def metrics_refusal(path):
     """Why an existing ``--metrics-out`` file may not be replaced without --overwrite, or None
     (absent or empty). Says whether it holds metrics; reads at most 1 MiB of a regular file."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode) or os.stat(path).st_size == 0:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return None
         with open_regular(path, path, error=InputError) as f:
             head = f.read(1 << 20).decode("utf-8", "replace").splitlines()
