@@ -25,7 +25,7 @@ from .optimizers import OPTIMIZERS
 
 MAX_EPOCH = 10**6
 MAX_LAYERS = 1000
-MAX_ACTIVATION = 2**28  # values per sample after any layer: more is no picture xpcnn can train
+MAX_ACTIVATION = 2**24  # values per sample after any layer (64 MB in float32): far beyond MNIST-sized work
 _SHAPE_KEEPING = ("Dropout", "Activation", "Sigmoid", "ReLU", "Tanh", "Softmax", "BatchStandardize")
 _POOLS = ("MaxPool2D", "AveragePooling2D")
 
