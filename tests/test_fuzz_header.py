@@ -25,12 +25,16 @@ from xpcnn.data import load_npz_dataset, read_idx
 from xpcnn.errors import CheckpointError, DataError
 
 FIELDS = ["arch", "dtype", "seed", "loss", "optimizer", "epoch", "history", "device", "extra", "arrays",
-          "format_version", "sha256", "arch.input_shape", "arch.layers", "arch.layers.0", "arch.layers.1",
-          "arch.layers.1.units", "arch.layers.1.use_bias", "arch.layers.1.activation", "arch.layers.1.class",
-          "arch.layers.0.class", "arch.layers.1.name", "optimizer.config", "optimizer.config.learning_rate",
-          "optimizer.config.class", "optimizer.iterations", "extra.batch_size", "history.loss"]
+          "format_version", "sha256", "arch.input_shape", "arch.input_shape.1", "arch.layers", "arch.layers.0",
+          "arch.layers.3", "arch.layers.3.units", "arch.layers.3.use_bias", "arch.layers.3.activation",
+          "arch.layers.3.class", "arch.layers.2.class", "arch.layers.3.name", "arch.layers.0.kernel_size",
+          "arch.layers.0.strides", "arch.layers.0.padding", "arch.layers.0.dilation_rate", "arch.layers.0.filters",
+          "arch.layers.0.class", "arch.layers.1.pool_size", "arch.layers.1.strides", "arch.layers.1.class",
+          "optimizer.config", "optimizer.config.learning_rate", "optimizer.config.class", "optimizer.iterations",
+          "extra.batch_size", "history.loss"]
 SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
-           | st.text(max_size=12) | st.sampled_from([2_000_000, 10**12, "float32", "Dense", "Conv2D", "SGD"]))
+           | st.text(max_size=12) | st.sampled_from([2_000_000, 10**12, "float32", "Dense", "Conv2D", "SGD",
+                                                         "same", "MaxPool2D", "Flatten", [2, 2], [1, 2000000]]))
 JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                                           max_size=4), max_leaves=12)
 # XPCNN_FUZZ_EXAMPLES=2000 HYPOTHESIS_PROFILE=explore: a longer hunt than CI's replay
@@ -39,9 +43,10 @@ FUZZ = settings(max_examples=int(os.environ.get("XPCNN_FUZZ_EXAMPLES", 150)), de
 
 
 def _checkpoint_parts():
-    model = xpcnn.Sequential([xpcnn.layers.Flatten(), xpcnn.layers.Dense(3)], input_shape=(1, 4, 4), device="cpu")
+    model = xpcnn.Sequential([xpcnn.layers.Conv2D(2, 3), xpcnn.layers.MaxPool2D(), xpcnn.layers.Flatten(),
+                              xpcnn.layers.Dense(3)], input_shape=(1, 6, 6), device="cpu")
     model.compile("adam")
-    model.fit(np.random.default_rng(0).random((6, 1, 4, 4)), np.arange(6) % 3, epochs=1, verbose=0)
+    model.fit(np.random.default_rng(0).random((6, 1, 6, 6)), np.arange(6) % 3, epochs=1, verbose=0)
     with tempfile.TemporaryDirectory() as folder:
         path = model.save(Path(folder) / "good.npz")
         with np.load(path, allow_pickle=False) as z:
