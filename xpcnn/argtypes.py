@@ -34,6 +34,29 @@ def positive_float(text):
     return value
 
 
+# Sanity bounds: far beyond any real run, low enough that a typo (an extra zero, 1e23) is caught
+# before hours of work or an allocation the machine cannot make.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_IMAGES = 1_000_000  # as many as a dataset file may hold (xpcnn.data)
+
+
+def _positive_at_most(maximum, name):
+    def parse(text):
+        value = positive_int(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected a positive integer of at most {maximum:,}, received {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+epochs_arg = _positive_at_most(MAX_EPOCHS, "epochs_arg")
+batch_size_arg = _positive_at_most(MAX_BATCH_SIZE, "batch_size_arg")
+images_arg = _positive_at_most(MAX_IMAGES, "images_arg")
+
+
 def seed_arg(text):
     return _int_at_least(text, 0, "non-negative")
 

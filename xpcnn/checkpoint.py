@@ -24,10 +24,15 @@ fields, which xpcnn fills in and which replace any caller fields of the same nam
 
 The header must be strict JSON (no NaN or infinity), so any JSON reader can parse it.
 Loading checks every field, the entries against ``arrays``, and the digest; a file that fails
-any check raises :class:`~xpcnn.errors.CheckpointError`. Saving is atomic: the new file is
+any check raises :class:`~xpcnn.errors.CheckpointError`. Only regular files are opened (a FIFO or
+device is refused, never waited on); every entry must be stored uncompressed and hold exactly what
+its ``.npy`` header claims, so reading never takes more memory than the file's size. A model
+checkpoint's header (an ``arch`` object) is checked against a schema and the weight shapes its
+architecture implies before anything is built (:mod:`xpcnn.header_schema`). Saving is atomic: the new file is
 written and fsynced beside the target, the old one becomes ``<path>.prev``, then the new one is
 renamed into place, so a crash leaves either the old or the new checkpoint readable
-(:func:`load_latest_good` tries both).
+(:func:`load_latest_good` tries both). A symlink is never replaced: its target is written (the temporary
+file and ``.prev`` beside the target).
 
 Examples
 --------
@@ -67,7 +72,9 @@ import numpy as np
 
 from ._version import __version__
 from .errors import ARCHIVE_READ_ERRORS, CheckpointError
+from .header_schema import check_model_header, is_model_header
 from .npy import read_npy_header
+from .outputs import open_regular, path_kind, previous_path, real_target
 
 FORMAT = "xpcnn-checkpoint"
 FORMAT_VERSION = 1
@@ -78,12 +85,6 @@ MAX_HEADER_BYTES = 2**26
 _NUMERIC_KINDS = "biufc"
 _PICKLE = ("it contains pickled Python objects, which xpcnn refuses to load because unpickling "
            "can run arbitrary code")
-
-
-def previous_path(path) -> Path:
-    """Where :func:`save_checkpoint` keeps the checkpoint it replaced: ``<path>.prev``."""
-    path = Path(path)
-    return path.with_name(path.name + ".prev")
 
 
 def save_checkpoint(path, header, arrays, *, keep_previous=True) -> Path:
@@ -106,7 +107,7 @@ def save_checkpoint(path, header, arrays, *, keep_previous=True) -> Path:
         On a bad name, dtype or header value (before anything is written), or when the file
         cannot be written (the reason from the OS is quoted; an earlier checkpoint is unchanged).
     """
-    path = Path(path)
+    path = real_target(path)  # a symlink is kept: its target is written, atomically, beside it
     arrays = _checked_arrays(arrays)
     if not isinstance(header, Mapping):
         raise CheckpointError(
@@ -123,8 +124,9 @@ def save_checkpoint(path, header, arrays, *, keep_previous=True) -> Path:
     except (TypeError, ValueError) as e:
         raise CheckpointError(
             f"Cannot save checkpoint {str(path)!r}: the header is not strict JSON ({e})") from e
-    if path.is_dir():
-        raise CheckpointError(f"Cannot save checkpoint {str(path)!r}: it is a directory")
+    kind = path_kind(path)
+    if kind not in ("absent", "regular file"):
+        raise CheckpointError(f"Cannot save checkpoint {str(path)!r}: it is a {kind}, not a regular file")
     _atomic_write(path, np.frombuffer(text.encode("utf-8"), dtype=np.uint8), arrays, keep_previous)
     return path
 
@@ -275,16 +277,16 @@ def _reason(e):
 # ---------------------------------------------------------------------------------- reading
 def _read(path, *, with_arrays):
     where = f"Cannot load checkpoint {str(path)!r}"
-    if path.is_dir():
-        raise CheckpointError(f"{where}: it is a directory, not a file")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, where) as f:  # a FIFO or device is refused, never waited on
             _check_magic(where, f.read(8))
             f.seek(0)
             with zipfile.ZipFile(f) as zf:
-                entries = _entries(where, zf)
+                entries = _entries(where, zf, os.fstat(f.fileno()).st_size)
                 header, specs = _header(where, zf, entries)
                 _match(where, specs, entries)
+                if is_model_header(header):  # before any layer is built or array read
+                    check_model_header(where, header, specs)
                 if not with_arrays:
                     return header, {}
                 arrays = {}
@@ -319,10 +321,21 @@ def _check_magic(where, head):
     raise CheckpointError(f"{where}: not an xpcnn checkpoint (not a .npz/zip archive)")
 
 
-def _entries(where, zf):
-    """name -> (ZipInfo, dtype, shape), from each entry's .npy header; no array data is read."""
-    entries = {}
+def _entries(where, zf, archive_size):
+    """name -> (ZipInfo, dtype, shape), from each entry's .npy header; no array data is read.
+
+    Every entry must be stored (not compressed) and hold exactly the bytes its .npy header
+    claims, and all of them must fit in the archive: what is read is then bounded by the file's
+    size, whatever a header claims."""
+    entries, stored_bytes = {}, 0
     for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise CheckpointError(f"{where}: entry {info.filename!r} is compressed (zip method "
+                                  f"{info.compress_type}); xpcnn checkpoints store arrays uncompressed")
+        stored_bytes += info.file_size
+        if stored_bytes > archive_size:
+            raise CheckpointError(f"{where}: the archive's directory claims {stored_bytes} bytes of entries, "
+                                  f"more than the file's {archive_size}: it is truncated or damaged")
         name = info.filename[:-4]
         if not info.filename.endswith(".npy"):
             raise CheckpointError(f"{where}: entry {info.filename!r} is not a .npy array")
@@ -330,10 +343,15 @@ def _entries(where, zf):
             raise CheckpointError(f"{where}: entry {info.filename!r} appears twice")
         with zf.open(info) as fp:
             version, shape, dtype = read_npy_header(fp)
+            header_bytes = fp.tell()
         if dtype is None:
             raise CheckpointError(f"{where}: entry {info.filename!r} has .npy version {version}")
         if dtype.hasobject:
             raise CheckpointError(f"{where}: {_PICKLE} (entry {name!r})")
+        claimed = math.prod(shape) * dtype.itemsize
+        if header_bytes + claimed != info.file_size:
+            raise CheckpointError(f"{where}: entry {info.filename!r} claims shape {list(shape)} of {dtype} "
+                                  f"({claimed} bytes) but holds {info.file_size - header_bytes}")
         entries[name] = (info, dtype, shape)
     return entries
 

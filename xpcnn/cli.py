@@ -13,7 +13,7 @@ import warnings
 
 from . import commands
 from ._version import __version__
-from .argtypes import path_arg, positive_float, positive_int, seed_arg
+from .argtypes import batch_size_arg, epochs_arg, images_arg, path_arg, positive_float, positive_int, seed_arg
 from .backend import DEVICES, DTYPES, default_device, is_out_of_memory
 from .bench import main as bench_main
 from .data import DATASETS
@@ -49,16 +49,16 @@ def build_parser():
     t.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default lenet; with --resume, the checkpoint's")
     _data_args(t)
-    t.add_argument("--epochs", type=positive_int,
+    t.add_argument("--epochs", type=epochs_arg,
                    help="the total to reach (a resumed run goes on from its saved epoch); default: the preset's")
-    t.add_argument("--batch-size", type=positive_int, help="default: the preset's")
+    t.add_argument("--batch-size", type=batch_size_arg, help="default: the preset's")
     t.add_argument("--learning-rate", type=positive_float, help="default: the preset's")
     t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="default: the preset's")
     t.add_argument("--lr-decay", type=positive_float, help="learning-rate factor per epoch (default: the preset's, "
                    "1 = constant)")
     t.add_argument("--seed", type=seed_arg, default=None, help="default 0 (a resumed run keeps its own)")
-    t.add_argument("--train-size", type=positive_int, help="use the first N training images")
-    t.add_argument("--test-size", type=positive_int, help="use the first N test images")
+    t.add_argument("--train-size", type=images_arg, help="use the first N training images")
+    t.add_argument("--test-size", type=images_arg, help="use the first N test images")
     t.add_argument("--dtype", choices=DTYPES, default=None, help="default float32; with --resume, the checkpoint's")
     t.add_argument("--checkpoint", type=path_arg, default=None,
                    help="checkpoint file, saved atomically after every epoch")
@@ -79,8 +79,8 @@ def build_parser():
     e.add_argument("--checkpoint", type=path_arg, required=True)
     _device_arg(e)
     _data_args(e)
-    e.add_argument("--test-size", type=positive_int)
-    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--test-size", type=images_arg)
+    e.add_argument("--batch-size", type=batch_size_arg, default=256)
 
     pr = sub.add_parser("predict", help="classify your own PNG/JPEG images")
     pr.add_argument("--checkpoint", type=path_arg, required=True)

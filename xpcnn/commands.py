@@ -13,7 +13,7 @@ import numpy as np
 from . import functional as F
 from ._version import __version__
 from .backend import DEVICES, cupy_versions, default_device, gpu_name, gpu_problem
-from .checkpoint import read_header
+from .checkpoint import load_checkpoint
 from .data import CLASS_NAMES, keras_cache_dir, load_dataset
 from .gradcheck import format_rows
 from .gradcheck import gradcheck as gradcheck_model
@@ -82,7 +82,7 @@ def summary(args):
         model = build_model(get_preset(args.preset), device="cpu")
         model.summary()
         return 0
-    header = read_header(args.checkpoint)
+    header = load_checkpoint(args.checkpoint)[0]  # the digest too: a flipped byte is not summarized
     Sequential.from_header(header, "cpu", args.checkpoint).summary()
     hist = header.get("history") or {}
     acc = (hist.get("val_accuracy") or [None])[-1]

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from .errors import ARCHIVE_READ_ERRORS, DataError, InputError, channels_last_order
 from .npy import read_npy_header
+from .outputs import open_regular
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFAULT_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
@@ -85,7 +86,11 @@ IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _MAX_RANK = 32
 _MAX_ITEMS = 1_000_000
-_DEFLATE_RATIO = 1032  # deflate cannot expand more than ~1032:1, so this bounds a gzip stream
+# Deflate can expand ~1032:1, but real image data compresses 2:1 to 6:1 (MNIST, Fashion-MNIST):
+# a compressed file or entry may hold at most 64 times its size (at least 16 MiB), so a
+# 762 KB gzip cannot make the reader take 1.6 GB.
+_PLAUSIBLE_RATIO = 64
+_SMALL_ENOUGH = 1 << 24
 _CHUNK = 1 << 20
 
 
@@ -136,7 +141,7 @@ def read_idx(source, *, expected_magic=None, expected_shape_tail=None, max_items
             source = bytes(source)
             return _parse_idx(io.BytesIO(source), len(source), label, expected_magic,
                               expected_shape_tail, max_items)
-        with open(source, "rb") as f:
+        with open_regular(source, f"Cannot read IDX file {label}", error=DataError) as f:  # never a FIFO
             return _parse_idx(f, os.fstat(f.fileno()).st_size, label, expected_magic,
                               expected_shape_tail, max_items)
     except (OSError, EOFError, zlib.error) as exc:
@@ -148,7 +153,7 @@ def _parse_idx(f, size, label, expected_magic, expected_shape_tail, max_items):
     compressed = f.read(2) == b"\x1f\x8b"
     f.seek(0)
     stream = gzip.GzipFile(fileobj=f, mode="rb") if compressed else f
-    capacity = size * _DEFLATE_RATIO + 1024 if compressed else size
+    capacity = _decompressed_limit(size) if compressed else size
     head = stream.read(4)
     if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
         raise DataError(f"{label} is not an IDX file: it starts with bytes {head.hex(' ')!r}; "
@@ -174,7 +179,8 @@ def _parse_idx(f, size, label, expected_magic, expected_shape_tail, max_items):
     # Compare the claim with what the file can hold before reading or allocating anything.
     if compressed and claimed + header_len > capacity:
         _wrong_size(label, dims, claimed, header_len,
-                    f"a {size}-byte gzip file can decompress to at most {capacity} bytes")
+                    f"xpcnn reads at most {capacity} bytes from a {size}-byte gzip file (real "
+                    f"datasets compress less than 6:1; this would be {claimed / max(size, 1):.0f}:1)")
     if not compressed and size - header_len != claimed:
         _wrong_size(label, dims, claimed, header_len, f"the file has {size - header_len}")
     body = _read_at_most(stream, claimed + 1)
@@ -186,6 +192,11 @@ def _parse_idx(f, size, label, expected_magic, expected_shape_tail, max_items):
     except ValueError as exc:
         raise DataError(f"{label} header shape {dims} cannot be represented: {exc}") from None
     return array.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _decompressed_limit(compressed_bytes):
+    """The most bytes a compressed file or entry of ``compressed_bytes`` may expand to."""
+    return max(compressed_bytes * _PLAUSIBLE_RATIO, _SMALL_ENOUGH) + 1024
 
 
 def _wrong_size(label, dims, claimed, header_len, found):
@@ -210,7 +221,7 @@ def load_npz_dataset(path, *, name=None) -> Dataset:
     path = Path(path)
     arrays = {}
     try:
-        with zipfile.ZipFile(path) as zf:
+        with open_regular(path, f"Cannot read {path}", error=DataError) as f, zipfile.ZipFile(f) as zf:
             for key in IDX_FILES:
                 arrays[key] = _read_npz_member(zf, key, path)
     except ARCHIVE_READ_ERRORS as exc:
@@ -242,7 +253,7 @@ def _read_npz_member(zf, key, path):
             raise DataError(f"{path}[{key}] holds Python objects (dtype {dtype}), which only pickle "
                             "can load; refusing. Expected an integer array.")
         limit = info.file_size if info.compress_type == zipfile.ZIP_STORED else min(
-            info.file_size, info.compress_size * _DEFLATE_RATIO + 1024)
+            info.file_size, _decompressed_limit(info.compress_size))
         if math.prod(shape) * dtype.itemsize > limit:
             raise DataError(f"{path}[{key}] header claims shape {shape} of {dtype}, more than its "
                             f"{info.compress_size}-byte zip entry can hold.")

@@ -102,7 +102,7 @@ def _read_gray(path: Path, Image, ImageOps) -> np.ndarray:
                                     "picture far larger than a digit needs). Shrink it first.")
                 img.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a fraction of a huge photo's size
                 img.load()
-                return _to_gray(ImageOps.exif_transpose(img), Image)
+                return _to_gray(ImageOps.exif_transpose(img), Image, path)
     except DataError:
         raise
     except Image.UnidentifiedImageError:
@@ -117,12 +117,16 @@ def _read_gray(path: Path, Image, ImageOps) -> np.ndarray:
                         f"{found}); expected a complete PNG or JPEG image.") from None
 
 
-def _to_gray(img, Image) -> np.ndarray:
+def _to_gray(img, Image, path) -> np.ndarray:
     """Any Pillow mode -> float64 gray levels 0..255, at most :data:`WORK_SIZE` pixels on a side."""
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit PNG, 32-bit int or float TIFF
         a = np.asarray(img, dtype=np.float64)
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:  # a float TIFF can hold NaN or infinity; no gray level means anything then
+            raise DataError(f"Image file {path} holds {bad} NaN or infinite pixel values out of {a.size}; "
+                            "expected finite gray levels.")
         top = float(a.max(initial=0.0))
         full = 65535.0 if img.mode.startswith("I;16") else (
             1.0 if img.mode == "F" and top <= 1 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top)

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import functional as F
 from . import optimizers
+from .argcheck import checked_weights
 from .backend import DTYPES, Backend, get_backend
 from .checkpoint import load_checkpoint, load_latest_good, save_checkpoint
 from .errors import CheckpointError, InputError, ShapeError, channels_last_order, type_name
@@ -321,7 +322,7 @@ class Sequential:
 
         Raises InputError for a wrong count and ShapeError for a wrong shape.
         """
-        weights = list(weights)
+        weights = checked_weights(weights)  # a list of finite numeric arrays, else InputError naming it
         expected = sum(len(layer.params) for layer in self.layers)
         if len(weights) != expected:
             raise InputError(f"Model has {expected} weight arrays. Received {len(weights)}.")

@@ -28,6 +28,7 @@ from .checkpoint import check_arch, previous_path, read_header
 from .data import CLASS_NAMES, load_dataset
 from .errors import CheckpointError, InputError
 from .model import Sequential
+from .outputs import check_train_outputs, metrics_refusal, reported_after_save, set_aside
 from .parallel import LOCAL
 from .plots import plot_feature_maps, plot_filters, plot_history, require_matplotlib
 from .presets import build_model, get_preset, targets
@@ -109,17 +110,19 @@ class Outputs:
             if self.checkpoint and self.main:  # first: a metrics file that cannot be written loses no epoch
                 model.save(self.checkpoint, extra=run.extra)
             if self.metrics_path is not None:
-                self.metrics.write({
-                    "epoch": epoch + 1, "train_loss": logs["loss"], "train_accuracy": logs["accuracy"],
-                    "test_loss": logs.get("val_loss"), "test_accuracy": logs.get("val_accuracy"),
-                    "seconds": logs["seconds"], "images_per_second": logs["images_per_second"],
-                    "device": str(model.backend), "threads": run.threads})
+                with reported_after_save("--metrics-out", self.metrics_path, self.checkpoint, epoch + 1):
+                    self.metrics.write({
+                        "epoch": epoch + 1, "train_loss": logs["loss"], "train_accuracy": logs["accuracy"],
+                        "test_loss": logs.get("val_loss"), "test_accuracy": logs.get("val_accuracy"),
+                        "seconds": logs["seconds"], "images_per_second": logs["images_per_second"],
+                        "device": str(model.backend), "threads": run.threads})
 
         return write
 
     def finish(self, run, data, seconds, comm):
         if self.plots is not None:
-            _plots_after(run.model, self.plots, data.x_test, data.class_names)
+            with reported_after_save("--plots", self.plots, self.checkpoint, run.model.epoch):
+                _plots_after(run.model, self.plots, data.x_test, data.class_names)
         h, model = run.model.history, run.model
         acc = h.get("val_accuracy", [float("nan")])[-1] if h else float("nan")
         train_acc = h.get("accuracy", [float("nan")])[-1] if h else float("nan")
@@ -134,6 +137,7 @@ class Outputs:
 def check_outputs(args, found):
     """Every output can be written and nothing saved is lost, before any data are read or any
     epoch is trained. ``found``: the checkpoint files there already (PATH, PATH.prev)."""
+    check_train_outputs(args)  # no FIFO, device or folder; no two outputs on one file
     for path, what in ((args.checkpoint, "checkpoint"), (args.metrics_out, "metrics")):
         if path:
             writable_file(path, what)
@@ -141,9 +145,9 @@ def check_outputs(args, found):
         raise InputError(_existing_checkpoint_message(found[0]))
     # An earlier run's metrics are kept unless this run continues them (a checkpoint was found
     # to resume) or --overwrite says so.
-    if args.metrics_out and not args.overwrite and not (args.resume and found) and _nonempty(args.metrics_out):
-        raise InputError(f"--metrics-out {args.metrics_out} holds the metrics of an earlier run. Choose another "
-                         "file, add --overwrite to replace them, or --resume with that run's --checkpoint.")
+    if args.metrics_out and not args.overwrite and not (args.resume and found) and (
+            refusal := metrics_refusal(args.metrics_out)):
+        raise InputError(refusal)
     if args.plots:  # a picture folder that cannot be made fails now, not after training
         folder = Path(args.plots)  # (a Path: "pics/" names the folder, as it should here)
         if folder.exists() and not folder.is_dir():
@@ -264,8 +268,7 @@ def _set_aside(args, model, out):
         return f" ({args.checkpoint} is missing; its previous version is intact)"
     if not out.main:
         return ""
-    damaged = Path(args.checkpoint).with_name(Path(args.checkpoint).name + ".damaged")
-    os.replace(args.checkpoint, damaged)
+    damaged = set_aside(args.checkpoint, ".damaged")  # a fresh name: never over an earlier one
     return f" ({args.checkpoint} is damaged, kept as {damaged.name}; its previous version is intact)"
 
 
@@ -376,13 +379,6 @@ def _existing_checkpoint_message(path):
                 "(or --overwrite to replace that file).")
     return (f"{path} holds a checkpoint already. Add --resume to continue it, or --overwrite to train a new "
             "model in its place (the old one is kept as .prev for one more epoch).")
-
-
-def _nonempty(path):
-    try:
-        return Path(path).stat().st_size > 0
-    except OSError:
-        return False
 
 
 def _plot_filters(model, path, title):

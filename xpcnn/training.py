@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from tqdm.notebook import tqdm_notebook
 
 from . import functional as F
+from .argcheck import TARGETS, require_given, require_positive_int
 from .backend import is_out_of_memory, to_numpy
 from .backend.hostmem import keep_freed_host_memory
 from .errors import InputError, ShapeError, XpcnnError, type_name
@@ -177,7 +178,7 @@ def device_batches(model, data: Staged, batch_size, order=None, shard=None):
     ``shard(nb) -> (lo, hi)`` keeps rows lo:hi of each batch of nb (data parallelism), before any
     transfer or conversion: each rank moves and converts only its own share.
     """
-    be = model.backend
+    be, batch_size = model.backend, require_positive_int(batch_size, "batch_size")
     n = data.x.shape[0]
     if data.on_device and order is not None:
         order = be.asarray(order.astype(np.int64))  # one small transfer an epoch
@@ -262,7 +263,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     if model.backend.name == "cpu":
         keep_freed_host_memory()  # steps stop page-faulting their temporaries in (BENCHMARKS.md)
     x_uint8 = getattr(x, "dtype", None) == np.uint8
-    x, y = check_inputs(model, x, y, stacklevel=3)  # the user's fit call: fit -> run_fit -> here
+    x, y = check_inputs(model, x, require_given(y, "y", TARGETS), stacklevel=3)  # fit -> run_fit -> here
     val = None
     if validation_data is not None:  # one warning a call: x_val only when x had none
         val = check_inputs(model, *validation_data, name="x_val", stacklevel=None if x_uint8 else 3)
@@ -366,7 +367,7 @@ def _check_losses(losses, first, last, epoch, comm):
 
 def run_evaluate(model, x, y, *, comm, batch_size=256, verbose=0, threads=None):
     model.loss_function  # noqa: B018  (raises when the model is not compiled)
-    x, y = check_inputs(model, x, y, stacklevel=3)  # evaluate -> run_evaluate -> here
+    x, y = check_inputs(model, x, require_given(y, "y", TARGETS), stacklevel=3)  # evaluate -> here
     threads = resolve_threads(threads, model, min(batch_size, x.shape[0]), comm)
     if threads == 1:
         return _evaluate(model, _eval_data(model, x, y, comm), comm, batch_size=batch_size, verbose=verbose)
