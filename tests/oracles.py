@@ -1,12 +1,12 @@
 """Independent oracles: naive float64 loops for forwards; for backwards, central differences
-through the library's one finite-difference checker (:mod:`xpcnn.gradcheck`), which uses no kernel."""
+through the library's one finite-difference checker (:mod:`xpcnn.diagnostics.gradcheck`), which uses no kernel."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from xpcnn.backend import to_numpy
-from xpcnn.gradcheck import compare
+from xpcnn.diagnostics.gradcheck import compare
 
 
 def check_gradients(case, forward, backward, inputs, rng, *, wrt=None, tol=1e-6):

@@ -15,18 +15,19 @@ ROOT = Path(__file__).resolve().parents[1] / "xpcnn"
 # Bottom first. A module may import what stands before it (an entry names a module or a package:
 # "xpcnn.functional" covers xpcnn.functional.conv), and modules of its own package.
 ORDER = [
-    "xpcnn._version", "xpcnn.errors",
-    "xpcnn.backend",
-    "xpcnn.functional",
-    "xpcnn.initializers", "xpcnn.layers",
-    "xpcnn.optimizers", "xpcnn.saving", "xpcnn.parallel", "xpcnn.data",
-    "xpcnn.training",
-    "xpcnn.model",
-    "xpcnn.presets",
-    "xpcnn.diagnostics", "xpcnn.interop",
-    "xpcnn.bench",
-    "xpcnn.cli", "xpcnn.__main__",
-    "xpcnn",  # the package's facade (__init__): re-exports from below
+    "xpcnn._version", "xpcnn.errors",                                         # 0
+    "xpcnn.backend", "xpcnn.argcheck", "xpcnn.argtypes", "xpcnn.paths",       # 1
+    "xpcnn.functional",                                                       # 2
+    "xpcnn.initializers", "xpcnn.layers", "xpcnn.optimizers",                 # 3
+    "xpcnn.saving", "xpcnn.parallel", "xpcnn.data",
+    "xpcnn.interop", "xpcnn.interop.onnx",  # the package's helpers and the ONNX export (the model offers it)
+    "xpcnn.training",                                                         # 4
+    "xpcnn.model",                                                            # 5
+    "xpcnn.presets",                                                          # 6
+    "xpcnn.diagnostics", "xpcnn.interop.keras",                               # 7
+    "xpcnn.bench",                                                            # 8
+    "xpcnn.cli", "xpcnn.__main__",                                            # 9
+    "xpcnn",  # the package's front door (__init__): re-exports from below
 ]
 CUPY_MODULE = "xpcnn.backend.cuda"
 

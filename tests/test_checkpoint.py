@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from mutations import mutate
 
 import xpcnn
-from xpcnn.checkpoint import (
+from xpcnn.errors import CheckpointError
+from xpcnn.saving.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     load_checkpoint,
@@ -27,7 +28,6 @@ from xpcnn.checkpoint import (
     read_header,
     save_checkpoint,
 )
-from xpcnn.errors import CheckpointError
 
 ARCH = [{"layer": "Conv2D", "filters": 4, "kernel_size": [3, 3]}, {"layer": "Dense", "units": 10}]
 

@@ -99,7 +99,7 @@ def test_gradcheck_and_parity_commands(capsys):
 
 def test_predict_classifies_a_png_of_a_real_test_digit(capsys, tmp_path, mnist_dir):
     from xpcnn.data import load_dataset
-    from xpcnn.images import save_mnist_png
+    from xpcnn.data.images import save_mnist_png
 
     ckpt = tmp_path / "lenet.npz"
     code, out, _ = run(["train", "--preset", "lenet", "--data-dir", mnist_dir, "--train-size", 3000, "--test-size", 500,
@@ -323,7 +323,7 @@ def test_out_of_memory_is_a_clear_message(capsys, tmp_path, tiny_data_dir, monke
 
 
 def test_resume_keeps_the_saved_batch_size_and_data_sizes(capsys, tmp_path, tiny_data_dir):
-    from xpcnn.checkpoint import load_checkpoint
+    from xpcnn.saving.checkpoint import load_checkpoint
 
     base = ["train", "--preset", "lenet", "--data-dir", tiny_data_dir, "--quiet", "--test-size", 100]
     straight, resumed = tmp_path / "straight.npz", tmp_path / "resumed.npz"
@@ -342,7 +342,7 @@ def test_resume_keeps_the_saved_batch_size_and_data_sizes(capsys, tmp_path, tiny
 def test_a_saved_checkpoint_is_never_replaced_by_accident(capsys, tmp_path, tiny_data_dir):
     """Without --resume an existing checkpoint is refused (exit 2, file untouched) unless --overwrite;
     PATH.prev alone (a crash between a save's two renames) is resumed, not overwritten."""
-    from xpcnn.checkpoint import previous_path
+    from xpcnn.saving.checkpoint import previous_path
 
     ckpt = tmp_path / "run.npz"
     base = ["train", "--preset", "tutorial", "--data-dir", tiny_data_dir, "--quiet", "--epochs", 2,

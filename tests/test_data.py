@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xpcnn import data
 from xpcnn.data import DATASETS, Dataset, load_dataset, load_npz_dataset, prepare_images, read_idx
+from xpcnn.data import datasets as data
 from xpcnn.errors import DataError, InputError
 
 REAL_DIR = os.environ.get("XPCNN_DATA_DIR")  # read before the autouse fixture clears it

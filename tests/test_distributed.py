@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpcnn.checkpoint import load_checkpoint
 from xpcnn.errors import InputError
+from xpcnn.saving.checkpoint import load_checkpoint
 
 try:
     import mpi4py  # noqa: F401  (only whether it is there; MPI starts in the tests that need it)

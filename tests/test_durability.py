@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from xpcnn.checkpoint import load_checkpoint, previous_path
 from xpcnn.cli import main
+from xpcnn.saving.checkpoint import load_checkpoint, previous_path
 
 
 def _train_cmd(data_dir, ckpt, epochs=4, *extra):

@@ -101,7 +101,7 @@ def test_predict_reads_fashion_pngs_back_exactly(tmp_path):
     no lighting correction or contrast stretch may touch them)."""
     from PIL import Image
 
-    from xpcnn.images import load_images
+    from xpcnn.data.images import load_images
 
     ds = load_dataset("fashion-mnist", FASHION_DIR, download=False, progress=False)
     paths = []

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 import xpcnn
-from xpcnn.checkpoint import load_checkpoint, previous_path
 from xpcnn.cli import main
 from xpcnn.data import load_npz_dataset, read_idx
 from xpcnn.errors import CheckpointError, DataError, InputError
 from xpcnn.presets import build_model, get_preset
+from xpcnn.saving.checkpoint import load_checkpoint, previous_path
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and devices are POSIX")
 
@@ -130,7 +130,7 @@ def test_3_metrics_out_on_a_device_is_refused_before_training(device, tmp_path, 
 
 def test_3_the_checkpoint_is_saved_before_metrics_and_a_metrics_failure_says_so(
         tmp_path, tiny_data_dir, capsys, monkeypatch):
-    from xpcnn import train_command as commands
+    from xpcnn.cli import train as commands
 
     def disk_full(self, record):
         raise OSError(28, "No space left on device")
@@ -144,7 +144,7 @@ def test_3_the_checkpoint_is_saved_before_metrics_and_a_metrics_failure_says_so(
 
 def test_3_a_plots_failure_after_training_keeps_the_checkpoint(tmp_path, tiny_data_dir, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
-    from xpcnn import train_command as commands
+    from xpcnn.cli import train as commands
 
     def unwritable(*args, **kwargs):
         raise OSError(30, "Read-only file system")

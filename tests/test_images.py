@@ -1,4 +1,4 @@
-"""``xpcnn.images``: a user's own digit pictures become MNIST-like inputs, bad files a DataError.
+"""``xpcnn.data.images``: a user's own digit pictures become MNIST-like inputs, bad files a DataError.
 
 Round trips use real MNIST test digits (skipped without ``$XPCNN_DATA_DIR``); the error cases use
 files made here, so they always run.
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xpcnn.data.images import MAX_PIXELS, load_image, load_images, save_mnist_png
 from xpcnn.errors import DataError, InputError
-from xpcnn.images import MAX_PIXELS, load_image, load_images, save_mnist_png
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -12,7 +12,7 @@ import xpcnn.functional as F
 from xpcnn import layers as L
 from xpcnn.backend import to_numpy
 from xpcnn.errors import InputError, ShapeError
-from xpcnn.layer_base import BackwardOrderError
+from xpcnn.layers.base import BackwardOrderError
 
 LAYER_CASES = [
     (lambda: L.Conv2D(3, 3, padding="same", activation="tanh"), (2, 2, 6, 6)),

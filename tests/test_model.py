@@ -8,8 +8,8 @@ import pytest
 
 import xpcnn
 from xpcnn import layers as L
+from xpcnn.diagnostics.gradcheck import gradcheck
 from xpcnn.errors import CheckpointError, InputError, ShapeError
-from xpcnn.gradcheck import gradcheck
 
 
 def small_net(case, dtype=None, dropout=False, **kw):

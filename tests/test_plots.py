@@ -1,7 +1,7 @@
-"""``xpcnn.plots``: every picture is written, opens as a PNG of a sensible size and is not blank.
+"""``xpcnn.diagnostics.plots``: every picture is written, opens as a PNG of a sensible size and is not blank.
 
 A tiny untrained model keeps the whole file to a few seconds; what the pictures look like for a
-trained one is checked by eye (see the module docstring of ``xpcnn.plots``).
+trained one is checked by eye (see the module docstring of ``xpcnn.diagnostics.plots``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from xpcnn.errors import InputError, ShapeError
 
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
-plots = pytest.importorskip("xpcnn.plots")
+plots = pytest.importorskip("xpcnn.diagnostics.plots")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_a_one_unit_output_is_shown_as_two_classes():
-    from xpcnn.plots import _probabilities
+    from xpcnn.diagnostics.plots import _probabilities
 
     np.testing.assert_allclose(_probabilities(np.array([0.8])), [0.2, 0.8])  # a sigmoid's output
     np.testing.assert_allclose(_probabilities(np.array([2.0])), [1 / (1 + np.e**2), 1 / (1 + np.e**-2)])  # a logit

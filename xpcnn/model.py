@@ -36,11 +36,11 @@ from . import functional as F
 from . import optimizers
 from .argcheck import checked_weights
 from .backend import DTYPES, Backend, get_backend
-from .checkpoint import load_checkpoint, load_latest_good, save_checkpoint
 from .errors import CheckpointError, InputError, ShapeError, channels_last_order, type_name
 from .interop import onnx as onnx_export
 from .layers import Dropout, Layer, from_config
 from .parallel import LOCAL
+from .saving.checkpoint import load_checkpoint, load_latest_good, save_checkpoint
 from .training import NonFiniteLossError, run_evaluate, run_fit, run_predict
 
 __all__ = ["NonFiniteLossError", "Sequential"]
@@ -355,7 +355,7 @@ class Sequential:
         """A new, freshly initialised model from :meth:`get_config` output."""
         return cls([from_config(c) for c in config["layers"]], input_shape=config.get("input_shape"), **kwargs)
 
-    # -- checkpoints (the file format is xpcnn.checkpoint's) ----------------------------------------
+    # -- checkpoints (the file format is xpcnn.saving.checkpoint's) ----------------------------------------
     def save(self, path, extra=None):
         """Write a checkpoint atomically (the previous file is kept as ``<path>.prev``); returns the path.
 

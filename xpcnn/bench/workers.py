@@ -27,7 +27,8 @@ from .common import (
 def worker_p1(a):
     import numpy as np
 
-    from .. import Sequential, layers
+    from .. import layers
+    from ..model import Sequential
 
     tutorial = _script("tutorial_loops")
     if tutorial is None:
@@ -133,7 +134,7 @@ def worker_p2(a):
 
         info["keras"] = f"{keras.__version__} on torch {torch.__version__}"
     else:
-        from .. import SGD
+        from ..optimizers import SGD
 
         model = lenet("cpu").compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
         be = model.backend
@@ -170,7 +171,7 @@ def worker_p3(a):
         torch_cuda = torch.cuda.is_available()
     except Exception:  # torch is optional: xpcnn GPU vs CPU is still measured
         torch, torch_cuda = None, False
-    from .. import SGD
+    from ..optimizers import SGD
 
     peers = _script("torch_peers")
     gpu = lenet("gpu").compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
@@ -234,8 +235,8 @@ def worker_p3(a):
 
 
 def worker_p4(a):
-    from .. import Adam
     from ..data import load_dataset
+    from ..optimizers import Adam
 
     # uint8 pixels, as `xpcnn train` feeds them (bit-identical to scaled floats, but each epoch's
     # fit call checks and stages a quarter of the bytes)
@@ -295,7 +296,7 @@ def worker_p5(a):
             i = (s * bs) % (len(y) - bs)
             step(tx[i : i + bs].float().div_(255), ty[i : i + bs])
     else:
-        from .. import SGD
+        from ..optimizers import SGD
         from ..training import check_inputs, device_batches, stage
 
         model = lenet(a["device"]).compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")

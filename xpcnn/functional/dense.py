@@ -54,25 +54,3 @@ def dense_backward(dy, cache, *, need_dx=True):
     dbias = xp.sum(dy, axis=0) if has_bias else None
     dx = xp.matmul(dy, xp.matrix_transpose(kernel)) if need_dx else None
     return dx, dkernel, dbias
-
-
-def flatten_forward(x):
-    xp = array_namespace(x)
-    return xp.reshape(x, (x.shape[0], -1)), tuple(x.shape)
-
-
-def flatten_backward(dy, shape):
-    return array_namespace(dy).reshape(dy, shape)
-
-
-def dropout_forward(x, mask, rate):
-    """``mask`` is a 0/1 array of x's shape, dtype and device (see layers.Dropout)."""
-    check_same_backend("dropout", x, mask)
-    if tuple(mask.shape) != tuple(x.shape):
-        raise ShapeError(f"dropout: mask shape {tuple(mask.shape)} differs from x shape {tuple(x.shape)}.")
-    scaled = mask * (1.0 / (1.0 - rate))
-    return x * scaled, scaled
-
-
-def dropout_backward(dy, scaled):
-    return dy * scaled

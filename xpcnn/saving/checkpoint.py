@@ -38,7 +38,7 @@ Examples
 --------
 >>> import json, pathlib, tempfile
 >>> import numpy as np
->>> from xpcnn.checkpoint import load_checkpoint, save_checkpoint
+>>> from xpcnn.saving.checkpoint import load_checkpoint, save_checkpoint
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "model.npz"
 >>> _ = save_checkpoint(p, {"arch": [{"layer": "Dense", "units": 2}]}, {"0.kernel": np.eye(2)})
 >>> header, arrays = load_checkpoint(p, expected_arch=[{"layer": "Dense", "units": 2}])
@@ -70,11 +70,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._version import __version__
-from .errors import ARCHIVE_READ_ERRORS, CheckpointError
-from .header_schema import check_model_header, is_model_header
+from .._version import __version__
+from ..errors import ARCHIVE_READ_ERRORS, CheckpointError
+from ..paths import open_regular, path_kind, previous_path, real_target
 from .npy import read_npy_header
-from .outputs import open_regular, path_kind, previous_path, real_target
+from .schema import check_model_header, is_model_header
 
 FORMAT = "xpcnn-checkpoint"
 FORMAT_VERSION = 1

@@ -7,9 +7,9 @@ from pathlib import Path
 from .. import functional as F
 from ..argtypes import writable_file
 from ..errors import InputError
+from ..interop.keras import from_keras, to_keras
+from ..interop.onnx import OPSET, to_onnx
 from ..model import Sequential
-from .keras import from_keras, to_keras
-from .onnx import OPSET, to_onnx
 
 SUFFIXES = {"onnx": ".onnx", "keras": ".keras"}
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, InputError
+from ..errors import DataError, InputError
 
 #: Largest picture decoded (width x height). A digit needs a few thousand pixels; a 40 MP limit
 #: admits any phone photo and refuses decompression bombs before they are expanded in memory.

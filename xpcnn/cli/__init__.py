@@ -11,17 +11,17 @@ import os
 import sys
 import warnings
 
+from .._version import __version__
+from ..argtypes import batch_size_arg, epochs_arg, images_arg, path_arg, positive_float, positive_int, seed_arg
+from ..backend import DEVICES, DTYPES, default_device, is_out_of_memory
+from ..bench import main as bench_main
+from ..data import DATASETS
+from ..errors import XpcnnError
+from ..functional import LOSSES
+from ..presets import PRESETS
+from ..training import NonFiniteLossError
 from . import commands
-from ._version import __version__
-from .argtypes import batch_size_arg, epochs_arg, images_arg, path_arg, positive_float, positive_int, seed_arg
-from .backend import DEVICES, DTYPES, default_device, is_out_of_memory
-from .bench import main as bench_main
-from .data import DATASETS
-from .errors import XpcnnError
-from .functional import LOSSES
-from .interop.commands import COMMANDS as INTEROP_COMMANDS
-from .presets import PRESETS
-from .training import NonFiniteLossError
+from .interop import COMMANDS as INTEROP_COMMANDS
 
 
 def _device_arg(p):

@@ -1,5 +1,5 @@
 """What each ``xpcnn`` subcommand but ``train`` does (argument parsing lives in :mod:`xpcnn.cli`;
-``train`` in :mod:`xpcnn.train_command`)."""
+``train`` in :mod:`xpcnn.cli.train`)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ import sys
 import array_api_compat
 import numpy as np
 
-from . import functional as F
-from ._version import __version__
-from .backend import DEVICES, cupy_versions, default_device, gpu_name, gpu_problem
-from .checkpoint import load_checkpoint
-from .data import CLASS_NAMES, keras_cache_dir, load_dataset
-from .gradcheck import format_rows
-from .gradcheck import gradcheck as gradcheck_model
-from .images import load_images
-from .model import Sequential
-from .parity import format_report, parity
-from .presets import PRESETS, build_model, get_preset, targets
-from .train_command import _first, train
+from .. import functional as F
+from .._version import __version__
+from ..backend import DEVICES, cupy_versions, default_device, gpu_name, gpu_problem
+from ..data import CLASS_NAMES, keras_cache_dir, load_dataset
+from ..data.images import load_images
+from ..diagnostics.gradcheck import format_rows
+from ..diagnostics.gradcheck import gradcheck as gradcheck_model
+from ..diagnostics.parity import format_report, parity
+from ..model import Sequential
+from ..presets import PRESETS, build_model, get_preset, targets
+from ..saving.checkpoint import load_checkpoint
+from .train import _first, train
 
 __all__ = ["check", "evaluate", "gradcheck", "info", "predict", "selftest", "summary", "train"]
 

@@ -1,14 +1,13 @@
-"""Layers without weights: pooling, flatten, dropout, activations, batch standardization."""
+"""Layers without weights: activations, flatten, dropout."""
+
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
-from .errors import InputError, ShapeError
-from .functional._checks import pair
-from .functional.pooling import pool_output_size
-from .layer_base import Kernels, Layer
+from .. import functional as F
+from ..errors import InputError
+from .base import Kernels, Layer
 
 
 def activation_kernels(name, *, optional=False):
@@ -19,75 +18,6 @@ def activation_kernels(name, *, optional=False):
         also = " or None" if optional else ""
         raise InputError(f"Unknown activation {name!r}. Expected one of {sorted(F.ACTIVATIONS)}{also}.")
     return Kernels(*F.ACTIVATIONS[name])
-
-
-class _Pool(Layer):
-    _kernels: Kernels  # set by each pooling class
-
-    def __init__(self, pool_size=2, strides=None, name=None):
-        super().__init__(name)
-        self.pool_size = pair(pool_size, "pool_size")
-        self.strides = self.pool_size if strides is None else pair(strides, "strides")
-
-    def output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. "
-                             f"Received {tuple(input_shape)}.")
-        c, h, w = input_shape
-        return (c, *pool_output_size((h, w), self.pool_size, self.strides, f"Layer '{self.name}'"))
-
-    def _shape_ok(self, shape):
-        return shape[0] == self.input_shape[0]
-
-    def _forward(self, x, training):
-        return self._kernels.forward(x, self.pool_size, self.strides)
-
-    def _backward(self, dy, cache, need_dx):
-        return self._kernels.backward(dy, cache), {}
-
-    def get_config(self):
-        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides)}
-
-
-class MaxPool2D(_Pool):
-    """Max pooling: the largest value of each ``pool_size`` window, per channel.
-
-    Parameters
-    ----------
-    pool_size : int or pair of ints, default 2
-        (PH, PW) window.
-    strides : int or pair of ints, optional
-        Step between windows; default the pool size (windows do not overlap).
-    name : str, optional
-
-    Notes
-    -----
-    No padding: OH = (H - PH) // SH + 1 (the last rows/columns that do not fill a window are
-    dropped). The gradient goes to the first maximum of each window. See
-    :mod:`xpcnn.functional.pooling`.
-
-    Examples
-    --------
-    >>> MaxPool2D().output_shape((6, 28, 28))
-    (6, 14, 14)
-    """
-
-    _kernels = Kernels(F.max_pool2d_forward, F.max_pool2d_backward)
-
-
-class AveragePooling2D(_Pool):
-    """Average pooling: the mean of each ``pool_size`` window, per channel.
-
-    Parameters and output size as :class:`MaxPool2D` (``pool_size=2``, ``strides`` default the
-    pool size, no padding). The gradient is shared equally by the window's values.
-
-    Examples
-    --------
-    >>> AveragePooling2D(3, strides=1).output_shape((1, 5, 5))
-    (1, 3, 3)
-    """
-
-    _kernels = Kernels(F.avg_pool2d_forward, F.avg_pool2d_backward)
 
 
 class Flatten(Layer):
@@ -196,34 +126,3 @@ class Tanh(Activation):
 class Softmax(Activation):
     def __init__(self, name=None):
         super().__init__("softmax", name)
-
-
-class BatchStandardize(Layer):
-    """Standardize each feature over the batch: ẑ = (z - μ) / σ, σ = sqrt(var + ε).
-
-    Batch normalization without scale and shift, backpropagated exactly (the forward and the
-    gradient are in :mod:`xpcnn.functional.normalization`). The tutorial's network applies it to
-    the dense output before the last sigmoid. It uses the batch's own statistics also at
-    inference (there are no running averages): an output depends on the whole batch, and a batch
-    of one image standardizes to 0.
-
-    Examples
-    --------
-    >>> BatchStandardize().output_shape((10,))
-    (10,)
-    """
-
-    couples_batch = True  # its output depends on the whole batch: a batch is never split across threads
-
-    def __init__(self, epsilon=1e-8, name=None):
-        super().__init__(name)
-        self.epsilon = float(epsilon)
-
-    def _forward(self, x, training):
-        return F.batch_standardize_forward(x, epsilon=self.epsilon)
-
-    def _backward(self, dy, cache, need_dx):
-        return F.batch_standardize_backward(dy, cache), {}
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}

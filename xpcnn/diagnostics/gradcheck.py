@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import to_numpy
+from ..backend import to_numpy
 
 
 def central_differences(f, x, flat=None, *, h=1e-6):

@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import ARCHIVE_READ_ERRORS, DataError, InputError, channels_last_order
-from .npy import read_npy_header
-from .outputs import open_regular
+from ..errors import ARCHIVE_READ_ERRORS, DataError, InputError, channels_last_order
+from ..paths import open_regular
+from ..saving.npy import read_npy_header
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFAULT_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"

@@ -21,18 +21,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import optimizers
-from .argtypes import writable_file
-from .backend import get_backend
-from .checkpoint import check_arch, previous_path, read_header
-from .data import CLASS_NAMES, load_dataset
-from .errors import CheckpointError, InputError
-from .model import Sequential
-from .outputs import check_train_outputs, metrics_refusal, reported_after_save, set_aside
-from .parallel import LOCAL
-from .plots import plot_feature_maps, plot_filters, plot_history, require_matplotlib
-from .presets import build_model, get_preset, targets
-from .training import resolve_threads
+from .. import optimizers
+from ..argtypes import writable_file
+from ..backend import get_backend
+from ..data import CLASS_NAMES, load_dataset
+from ..diagnostics.plots import plot_feature_maps, plot_filters, plot_history, require_matplotlib
+from ..errors import CheckpointError, InputError
+from ..model import Sequential
+from ..parallel import LOCAL, mpi
+from ..paths import check_train_outputs, metrics_refusal, reported_after_save, set_aside
+from ..presets import build_model, get_preset, targets
+from ..saving.checkpoint import check_arch, previous_path, read_header
+from ..training import resolve_threads
 
 
 def train(args):
@@ -52,9 +52,7 @@ def communicator(args):
         raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
     if not args.distributed:
         return LOCAL
-    from .parallel.mpi import init  # mpi4py is an optional extra: imported only when asked for
-
-    return init(args.device)  # on GPUs this makes the rank's own GPU current before anything else
+    return mpi.init(args.device)  # mpi4py (an optional extra) is imported here, when asked for  # on GPUs this makes the rank's own GPU current before anything else
 
 
 # ------------------------------------------------------------------------------------ outputs

@@ -9,9 +9,9 @@ from typing import NamedTuple
 import numpy as np
 from array_api_compat import array_namespace
 
-from . import initializers
-from .backend import Backend, backend_of, to_numpy
-from .errors import InputError, ShapeError, XpcnnError
+from .. import initializers
+from ..backend import Backend, backend_of, to_numpy
+from ..errors import InputError, ShapeError, XpcnnError
 
 
 class Kernels(NamedTuple):

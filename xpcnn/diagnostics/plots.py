@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_numpy
-from .data import prepare_images
-from .errors import InputError, ShapeError
-from .functional import sigmoid, softmax
-from .layers import Activation, Conv2D
+from ..backend import to_numpy
+from ..data import prepare_images
+from ..errors import InputError, ShapeError
+from ..functional import sigmoid, softmax
+from ..layers import Activation, Conv2D
 
 
 def require_matplotlib():
@@ -285,7 +285,7 @@ def plot_feature_maps(model, image, path, *, max_maps=16, cmap="magma", class_na
     ----------
     model : Sequential
     image : ndarray (1, C, H, W)
-        One host image, e.g. from :func:`xpcnn.images.load_image` or ``x_test[:1]``.
+        One host image, e.g. from :func:`xpcnn.data.images.load_image` or ``x_test[:1]``.
     max_maps : int
         Feature maps shown per layer (the first ones).
     class_names : list of str, optional

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 
-from . import optimizers
-from .errors import CheckpointError, InputError
-from .functional._checks import pair
-from .functional.conv import output_size, resolve_padding
-from .functional.losses import LOSSES
-from .functional.pooling import pool_output_size
-from .optimizers import OPTIMIZERS
+from .. import optimizers
+from ..errors import CheckpointError, InputError
+from ..functional._checks import pair
+from ..functional.conv import output_size, resolve_padding
+from ..functional.losses import LOSSES
+from ..functional.pooling import pool_output_size
+from ..optimizers import OPTIMIZERS
 
 MAX_EPOCH = 10**6
 MAX_LAYERS = 1000

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from xpcnn.cli import build_parser
+from xpcnn.cli.train import Outputs, load_data, open_run
 from xpcnn.errors import InputError
 from xpcnn.parallel import LOCAL, LocalCommunicator
-from xpcnn.train_command import Outputs, load_data, open_run
 
 
 def parse(*argv):
@@ -54,7 +54,7 @@ def test_outputs_are_refused_before_any_run_is_opened(tmp_path):
     with pytest.raises(InputError, match="not a readable xpcnn checkpoint"):
         Outputs.open(parse("--checkpoint", ckpt), LOCAL)
     with pytest.raises(InputError, match="needs --checkpoint"):
-        from xpcnn.train_command import communicator
+        from xpcnn.cli.train import communicator
 
         communicator(parse("--resume"))
 

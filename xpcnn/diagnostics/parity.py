@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import Backend, get_backend, to_numpy
-from .errors import InputError
-from .presets import build_model, get_preset, targets
+from ..backend import Backend, get_backend, to_numpy
+from ..errors import InputError
+from ..presets import build_model, get_preset, targets
 
 BOUNDS = {"float32": 1e-4, "float64": 1e-9}
 
