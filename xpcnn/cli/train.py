@@ -52,7 +52,9 @@ def communicator(args):
         raise InputError("--resume needs --checkpoint PATH (the file to continue from).")
     if not args.distributed:
         return LOCAL
-    return mpi.init(args.device)  # mpi4py (an optional extra) is imported here, when asked for  # on GPUs this makes the rank's own GPU current before anything else
+    # mpi4py (an optional extra) is imported here, when asked for; on GPUs this makes the rank's own
+    # GPU current before anything else.
+    return mpi.init(args.device)
 
 
 # ------------------------------------------------------------------------------------ outputs
