@@ -132,7 +132,7 @@ class GpuReducer:
             self.mode = "host"
             why = ("several ranks share a GPU" if shared else
                    "neither NCCL (cupy.cuda.nccl) nor a CUDA-aware MPI is available")
-            warnings.warn(f"xpcnn.distributed: {why}; gradients go through the host for the allreduce (slower).",
+            warnings.warn(f"xpcnn.parallel.mpi: {why}; gradients go through the host for the allreduce (slower).",
                           RuntimeWarning, stacklevel=4)
 
     def allreduce(self, flat):

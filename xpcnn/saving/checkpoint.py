@@ -28,8 +28,8 @@ any check raises :class:`~xpcnn.errors.CheckpointError`. Only regular files are 
 device is refused, never waited on); every entry must be stored uncompressed and hold exactly what
 its ``.npy`` header claims, so reading never takes more memory than the file's size. A model
 checkpoint's header (an ``arch`` object) is checked against a schema and the weight shapes its
-architecture implies before anything is built (:mod:`xpcnn.header_schema`). Saving is atomic: the new file is
-written and fsynced beside the target, the old one becomes ``<path>.prev``, then the new one is
+architecture implies before anything is built (:mod:`xpcnn.saving.schema`). Saving is atomic: the
+new file is written and fsynced beside the target, the old one becomes ``<path>.prev``, then the new one is
 renamed into place, so a crash leaves either the old or the new checkpoint readable
 (:func:`load_latest_good` tries both). A symlink is never replaced: its target is written (the temporary
 file and ``.prev`` beside the target).

@@ -35,7 +35,7 @@ class FieldError(ValueError):
 
 
 def is_model_header(header) -> bool:
-    """True for what :func:`xpcnn.io.save_model` writes: an ``arch`` object (input shape, layers)."""
+    """True for what :meth:`xpcnn.Sequential.save` writes: an ``arch`` object (input shape, layers)."""
     return isinstance(header.get("arch"), dict)
 
 
