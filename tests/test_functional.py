@@ -306,3 +306,19 @@ def test_max_pool_tie_routing(case, window, strides, expected):
     y, cache = F.max_pool2d_forward(x, 2, strides)
     dx = case.check(F.max_pool2d_backward(case.xp.ones_like(y), cache), x.shape)
     np.testing.assert_array_equal(dx[0, 0], np.array(expected))
+
+
+def test_kernel_caches_are_named_tuples(case, rng):
+    # the backward unpacks its cache by name; a reader (or a debugger) sees what each field is
+    x4, x2 = case.asarray(rng.standard_normal((2, 1, 6, 6))), case.asarray(rng.standard_normal((3, 4)))
+    labels = case.backend.asarray(np.array([0, 2, 1]), "int64")
+    caches = {
+        "ConvCache": F.conv2d_forward(x4, case.asarray(rng.standard_normal((2, 1, 3, 3))))[1],
+        "MaxPoolCache": F.max_pool2d_forward(x4)[1],
+        "AvgPoolCache": F.avg_pool2d_forward(x4)[1],
+        "DenseCache": F.dense_forward(x2, case.asarray(rng.standard_normal((4, 2))))[1],
+        "LogitCache": F.LOSSES["softmax_cross_entropy"][0](x2, labels)[1],
+        "ProbabilityCache": F.LOSSES["binary_cross_entropy"][0](case.asarray([[0.3]]), case.asarray([[1.0]]))[1],
+    }
+    for name, cache in caches.items():
+        assert type(cache).__name__ == name and isinstance(cache, tuple) and cache._fields
