@@ -74,6 +74,24 @@ def test_the_json_is_written_after_each_workload(tmp_path, capsys, monkeypatch):
     assert [r["name"] for r in seen[0]] == ["fake"]
 
 
+def test_the_header_names_cpu_usable_cores_blas_and_how_threads_are_given(tmp_path, capsys, monkeypatch):
+    import inspect
+    import os
+
+    import xpcnn.bench.runner as runner
+    from xpcnn import Sequential
+
+    monkeypatch.setattr(runner, "_run_worker", lambda kind, params, threads: {"rows": []})
+    out = tmp_path / "b.json"
+    assert main(["--workloads", "P4", "--quick", "--json-out", str(out)]) == 0
+    header = capsys.readouterr().out.split("workload")[0]
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["usable_cores"] == len(os.sched_getaffinity(0)) and "BLAS: " + machine["blas_build"] in header
+    assert f"usable cores {machine['usable_cores']} of" in header and machine["cpu_model"] in header
+    mode = "fit" if "threads" in inspect.signature(Sequential.fit).parameters else "blas"
+    assert machine["xpcnn_threads"] == mode and ("fit(threads=N)" if mode == "fit" else "BLAS threads") in header
+
+
 def test_count_ops_measures_the_launch_budget_of_a_step(tmp_path, capsys):
     # scripts/count_ops.py: the array operations (kernel launches on a GPU) of one LeNet step
     import runpy

@@ -133,18 +133,7 @@ def worker_p2(a):
 
         info["keras"] = f"{keras.__version__} on torch {torch.__version__}"
     else:
-        from .. import SGD
-
-        model = lenet("cpu").compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
-        be = model.backend
-        data = {bs: (be.asarray(x_all[:bs]), be.asarray(y_all[:bs])) for bs in a["batch_sizes"]}
-
-        def block(bs, steps):
-            xb, yb = data[bs]
-            for _ in range(steps):
-                model.train_step(xb, yb)
-            be.synchronize()
-
+        block, info["thread_mode"], model = _xpcnn_p2_block(x_all, y_all, a["batch_sizes"], threads)
         info.update(flops_per_image=training_flops_per_image(model), sgemm_gflops=sgemm_gflops())
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
@@ -156,6 +145,49 @@ def worker_p2(a):
         block(bs, steps)
         print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
+
+
+def _xpcnn_p2_block(x_all, y_all, batch_sizes, threads):
+    """xpcnn's side of P2: ``block(bs, steps)``, the thread mode and the model.
+
+    Mode "fit": ``Sequential.fit(..., threads=N)`` over ``steps`` copies of the batch (its data
+    parallelism, each shard's BLAS on one thread). Mode "blas": a loop of ``train_step`` with
+    OpenBLAS limited to ``threads`` (threadpoolctl, besides OPENBLAS_NUM_THREADS from the runner).
+    """
+    import numpy as np
+
+    from .. import SGD
+    from .machine import xpcnn_thread_mode
+
+    mode = xpcnn_thread_mode()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1 if mode == "fit" else threads, user_api="blas")
+    except ImportError:  # the runner's OPENBLAS_NUM_THREADS already holds in "blas" mode
+        pass
+    model = lenet("cpu").compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
+    be = model.backend
+    if mode == "fit":
+        repeated = {}
+
+        def block(bs, steps):
+            if (bs, steps) not in repeated:
+                repeated[bs, steps] = (np.concatenate([x_all[:bs]] * steps), np.concatenate([y_all[:bs]] * steps))
+            x, y = repeated[bs, steps]
+            model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, threads=threads)
+            be.synchronize()
+
+        return block, mode, model
+    data = {bs: (be.asarray(x_all[:bs]), be.asarray(y_all[:bs])) for bs in batch_sizes}
+
+    def block(bs, steps):
+        xb, yb = data[bs]
+        for _ in range(steps):
+            model.train_step(xb, yb)
+        be.synchronize()
+
+    return block, mode, model
 
 
 def worker_p3(a):
