@@ -28,8 +28,11 @@ the layers after it (activation, pooling) see a plain C-ordered array.
 Large batches are done in chunks of whole images (``chunk_bytes``, default 12 MiB of cols per
 chunk): each chunk's cols is written and then read by its matmul while it is still in (L3)
 cache, instead of a 42 MB cols streamed to DRAM and back (LeNet at batch 512, one thread: +5 to
-+9% images/s for the training step). Up to batch 128 LeNet's convs stay one chunk, so small
-batches make no extra array calls (kernel launches on a GPU).
++9% images/s for the training step). ∂x is chunked the same way (``dx_chunk_bytes``, 3 MiB of
+col2im's G_i): LeNet's second conv at batch 512, Kᵀ·dY + col2im 40 ms -> 21-25 ms; both
+together +14-21% for the whole step at batch 512. Up to batch 128 LeNet's convs stay one chunk,
+so smaller batches make no extra array calls (kernel launches on a GPU); chunks are of equal
+size (but for a shorter last one).
 
 Backward (chain rule, dy = ∂E/∂y)
 --------
@@ -179,6 +182,9 @@ class ConvCache(NamedTuple):
 # im2col is written, then read by the forward matmul: in chunks of at most this many bytes it is
 # still in cache when it is read (L3 sized; one chunk for LeNet up to batch 128, see BENCHMARKS.md)
 CHUNK_BYTES = 12 << 20
+# col2im's intermediate G_i is written by a matmul, then summed KW times: a few L2s (one chunk for
+# LeNet up to batch 128; 1-2 MiB measured the same at batch 512, and split batch 128)
+DX_CHUNK_BYTES = 3 << 20
 
 
 def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation=1, chunk_bytes=CHUNK_BYTES):
@@ -253,14 +259,19 @@ def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation
 
 
 def chunk_images(n, bytes_per_image, chunk_bytes):
-    """Images per im2col chunk: as many as fit in ``chunk_bytes`` (at least one, at most ``n``)."""
+    """Images per chunk: the fewest chunks of at most ``chunk_bytes`` (at least one image each),
+    of equal size but for a shorter last one; ``n`` when ``chunk_bytes`` is None."""
     if chunk_bytes is None:
         return n
-    return max(1, min(n, chunk_bytes // max(bytes_per_image, 1)))
+    chunks = -(-n // max(1, chunk_bytes // max(bytes_per_image, 1)))
+    return -(-n // chunks)
 
 
-def conv2d_backward(dy, cache, *, need_dx=True):
+def conv2d_backward(dy, cache, *, need_dx=True, dx_chunk_bytes=DX_CHUNK_BYTES):
     """Gradients of :func:`conv2d_forward`.
+
+    ``dx_chunk_bytes`` (None: the whole batch at once) bounds col2im's intermediate per chunk of
+    images, as ``chunk_bytes`` bounds im2col in the forward; the result does not depend on it.
 
     Returns
     -------
@@ -288,7 +299,18 @@ def conv2d_backward(dy, cache, *, need_dx=True):
     if not need_dx:
         return None, dkernel, dbias
     kmat = xp.reshape(kernel, (f, rows))
-    dxpad = col2im_flat(dy, kmat, padded_shape, (kh, kw), cache.strides, cache.dilation)
     (pt, pb), (pl, pr) = cache.pads
-    dx = dxpad[:, :, pt : padded_shape[2] - pb, pl : padded_shape[3] - pr]
+    _, _, hp, wp = padded_shape
+    # col2im's largest intermediate is G_i, KW·C·HG·Wp values per image (see col2im_flat)
+    per_image = kw * c * ((oh - 1) * cache.strides[0] + 1) * wp * xp.finfo(dy.dtype).bits // 8
+    nb = chunk_images(n, per_image, dx_chunk_bytes)
+    if nb == n:  # one chunk: the (C, N, H, W)-ordered result, as an NCHW view
+        return col2im_flat(dy, kmat, padded_shape, (kh, kw), cache.strides, cache.dilation)[
+            :, :, pt : hp - pb, pl : wp - pr], dkernel, dbias
+    dx = xp.empty((n, c, hp - pt - pb, wp - pl - pr), dtype=dy.dtype, device=device_of(dy))
+    for start in range(0, n, nb):  # chunk by chunk: G_i is still in cache when it is summed
+        stop = min(start + nb, n)
+        dxpad = col2im_flat(dy[start:stop, ...], kmat, (stop - start, c, hp, wp), (kh, kw), cache.strides,
+                            cache.dilation)
+        dx[start:stop, ...] = dxpad[:, :, pt : hp - pb, pl : wp - pr]
     return dx, dkernel, dbias
