@@ -109,3 +109,14 @@ def test_count_ops_measures_the_launch_budget_of_a_step(tmp_path, capsys):
     assert parts <= rows["adam", "whole train_step"]["kernels"] <= parts + 10  # + the step's accuracy
     assert rows["adam", "forward"]["by_name"]["matmul"] == 5  # 2 convs + 3 dense: one matmul each
     assert "LeNet-5" in capsys.readouterr().out
+
+
+def test_per_kernel_comparison_runs_every_lenet_kernel_against_torch(tmp_path, capsys):
+    pytest.importorskip("torch", reason="the per-kernel comparison needs PyTorch (an optional peer)")
+    from xpcnn.bench import kernels
+
+    out = tmp_path / "k.json"
+    assert kernels.main(["--batch-sizes", "4", "--rounds", "1", "--json-out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 15 and all(r["xpcnn_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+    assert "conv2 6→16 valid backward" in capsys.readouterr().out

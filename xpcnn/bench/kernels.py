@@ -6,7 +6,8 @@ Each kernel is timed alternately with its PyTorch counterpart (A B A B ..., ``--
 median). PyTorch's backward ops are called directly (``aten.convolution_backward``,
 ``aten.max_pool2d_with_indices_backward``), so neither side pays autograd's bookkeeping. The
 thread count is whatever the environment gives both (set OPENBLAS_NUM_THREADS=1 and
-OMP_NUM_THREADS=1 for one thread; ``torch.set_num_threads`` follows OMP_NUM_THREADS).
+OMP_NUM_THREADS=1 for one thread; ``torch.set_num_threads`` follows OMP_NUM_THREADS). The
+process runs with the malloc policy ``Sequential.fit`` sets (:mod:`xpcnn.hostmem`), as training does.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ def main(argv=None):
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
     import torch
+
+    from ..hostmem import keep_freed_host_memory
+
+    keep_freed_host_memory()
 
     rows = []
     print(f"torch threads {torch.get_num_threads()}; times in ms (median of {args.rounds}, alternating)")
