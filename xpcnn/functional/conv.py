@@ -37,14 +37,13 @@ KH matmuls on views of V, which is KH times smaller than cols and is all the cac
 training step, one thread, A/B medians: batch 32 +3%, 128 +16%, 512 +7%; array calls of an Adam
 step 253 -> 237). Larger height strides use im2col as below.
 
-Large batches are done in chunks of whole images (``chunk_bytes``, default 12 MiB of cols per
-chunk): each chunk's cols is written and then read by its matmul while it is still in (L3)
-cache, instead of a 42 MB cols streamed to DRAM and back (LeNet at batch 512, one thread: +5 to
-+9% images/s for the training step). ∂x is chunked the same way (``dx_chunk_bytes``, 3 MiB of
-col2im's G_i): LeNet's second conv at batch 512, Kᵀ·dY + col2im 40 ms -> 21-25 ms; both
-together +14-21% for the whole step at batch 512. Up to batch 128 LeNet's convs stay one chunk,
-so smaller batches make no extra array calls (kernel launches on a GPU); chunks are of equal
-size (but for a shorter last one).
+Large batches are done in chunks of whole images: im2col (``chunk_bytes``, default 12 MiB of
+cols per chunk), so each chunk's cols is read by its matmul while it is still in (L3) cache
+instead of streaming a 42 MB cols to DRAM and back (LeNet at batch 512, when it still used
+im2col: +5 to +9% images/s); and ∂x for every conv (``dx_chunk_bytes``, 3 MiB of col2im's G_i):
+LeNet's second conv at batch 512, Kᵀ·dY + col2im 40 ms -> 21-25 ms. Up to batch 128 LeNet stays
+one chunk, so smaller batches make no extra array calls (kernel launches on a GPU); chunks are
+of equal size (but for a shorter last one).
 
 Backward (chain rule, dy = ∂E/∂y)
 --------
