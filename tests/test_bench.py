@@ -107,7 +107,7 @@ def test_count_ops_measures_the_launch_budget_of_a_step(tmp_path, capsys):
     assert rows["sgd", "optimizer"]["kernels"] == 20  # lr·g and p -= ..., per array
     parts = sum(rows["adam", p]["kernels"] for p in ("forward", "loss", "backward", "optimizer"))
     assert parts <= rows["adam", "whole train_step"]["kernels"] <= parts + 10  # + the step's accuracy
-    # 2 convs: one matmul per kernel row (5 each, see conv.shifted_columns); 3 dense: one each
+    # 2 convs: one matmul per kernel row (5 each, see im2col.shifted_columns); 3 dense: one each
     assert rows["adam", "forward"]["by_name"]["matmul"] == 13
     # the launch budget of a small-batch step (BENCHMARKS.md): more array calls is a GPU regression
     assert rows["adam", "whole train_step"]["kernels"] <= 237
