@@ -5,6 +5,11 @@ simulated device (float32: catches arrays created without ``device=``, the bug t
 CuPy when a CUDA device is usable (float32 and float64, marked ``gpu``; skipped with the reason
 otherwise, or failed with it when XPCNN_REQUIRE_GPU=1, as scripts/gpu_check.sh sets: a GPU run
 must not pass by skipping). Gradient checks always run in float64 on the case's device.
+
+The functional-kernel tests (tests/test_functional.py) also run on PyTorch CPU through
+``array_api_compat.torch`` (float64 and float32) where torch is importable, skipped with the
+reason otherwise: a third array library that catches NumPy-only habits in the kernels. Torch is
+an optional test peer, never a runtime dependency; layer and model tests keep the matrix above.
 """
 
 from __future__ import annotations
@@ -72,7 +77,27 @@ def _cases():
     return out
 
 
-@pytest.fixture(params=_cases())
+TORCH_MODULES = ("test_functional",)  # test modules whose ``case`` matrix includes PyTorch CPU
+
+
+def _torch_cases():
+    try:
+        import array_api_compat.torch as xp_torch
+        import torch
+    except ImportError as exc:
+        skip = pytest.mark.skip(reason=f"torch backend: torch is not importable ({exc}); an optional test peer")
+        return [pytest.param(None, id=f"torch-{dt}", marks=skip) for dt in ("float64", "float32")]
+    be = Backend("torch", xp_torch, torch.device("cpu"))
+    return [pytest.param(Case(be, dt), id=f"torch-{dt}") for dt in ("float64", "float32")]
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        torch = metafunc.module.__name__.rsplit(".", 1)[-1] in TORCH_MODULES
+        metafunc.parametrize("case", _cases() + (_torch_cases() if torch else []), indirect=True)
+
+
+@pytest.fixture
 def case(request):
     if request.param is None:  # a cupy case, not skipped: XPCNN_REQUIRE_GPU is set
         pytest.fail(f"XPCNN_REQUIRE_GPU is set but the cupy backend is unusable: {gpu_problem()}")

@@ -74,6 +74,24 @@ def test_the_json_is_written_after_each_workload(tmp_path, capsys, monkeypatch):
     assert [r["name"] for r in seen[0]] == ["fake"]
 
 
+def test_the_header_names_cpu_usable_cores_blas_and_how_threads_are_given(tmp_path, capsys, monkeypatch):
+    import inspect
+    import os
+
+    import xpcnn.bench.runner as runner
+    from xpcnn import Sequential
+
+    monkeypatch.setattr(runner, "_run_worker", lambda kind, params, threads: {"rows": []})
+    out = tmp_path / "b.json"
+    assert main(["--workloads", "P4", "--quick", "--json-out", str(out)]) == 0
+    header = capsys.readouterr().out.split("workload")[0]
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["usable_cores"] == len(os.sched_getaffinity(0)) and "BLAS: " + machine["blas_build"] in header
+    assert f"usable cores {machine['usable_cores']} of" in header and machine["cpu_model"] in header
+    mode = "fit" if "threads" in inspect.signature(Sequential.fit).parameters else "blas"
+    assert machine["xpcnn_threads"] == mode and ("fit(threads=N)" if mode == "fit" else "BLAS threads") in header
+
+
 def test_count_ops_measures_the_launch_budget_of_a_step(tmp_path, capsys):
     # scripts/count_ops.py: the array operations (kernel launches on a GPU) of one LeNet step
     import runpy
@@ -89,5 +107,19 @@ def test_count_ops_measures_the_launch_budget_of_a_step(tmp_path, capsys):
     assert rows["sgd", "optimizer"]["kernels"] == 20  # lr·g and p -= ..., per array
     parts = sum(rows["adam", p]["kernels"] for p in ("forward", "loss", "backward", "optimizer"))
     assert parts <= rows["adam", "whole train_step"]["kernels"] <= parts + 10  # + the step's accuracy
-    assert rows["adam", "forward"]["by_name"]["matmul"] == 5  # 2 convs + 3 dense: one matmul each
+    # 2 convs: one matmul per kernel row (5 each, see im2col.shifted_columns); 3 dense: one each
+    assert rows["adam", "forward"]["by_name"]["matmul"] == 13
+    # the launch budget of a small-batch step (BENCHMARKS.md): more array calls is a GPU regression
+    assert rows["adam", "whole train_step"]["kernels"] <= 237
     assert "LeNet-5" in capsys.readouterr().out
+
+
+def test_per_kernel_comparison_runs_every_lenet_kernel_against_torch(tmp_path, capsys):
+    pytest.importorskip("torch", reason="the per-kernel comparison needs PyTorch (an optional peer)")
+    from xpcnn.bench import kernels
+
+    out = tmp_path / "k.json"
+    assert kernels.main(["--batch-sizes", "4", "--rounds", "1", "--json-out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 15 and all(r["xpcnn_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+    assert "conv2 6→16 valid backward" in capsys.readouterr().out

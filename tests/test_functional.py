@@ -3,6 +3,8 @@ central differences in float64 (relative error <= 1e-6), on every backend of ``c
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from oracles import check_gradients, naive_conv2d, naive_pool
@@ -68,6 +70,24 @@ def test_conv2d_backward_matches_finite_differences(case, rng, xshape, kshape, s
         return F.conv2d_forward(x, k, b, strides=strides, padding=padding, dilation=dilation)
 
     check_gradients(case, fwd, F.conv2d_backward, [x, k, b], rng)
+
+
+# im2col (stride 2 in height) in chunks of one image, and of several images with a short last one
+@pytest.mark.parametrize("chunk_bytes", [1, 5000])
+def test_conv2d_in_chunks_matches_the_whole_batch(case, rng, chunk_bytes):
+    x, k, b = rng.standard_normal((5, 2, 7, 6)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+
+    def fwd(x, k, b, chunk_bytes=chunk_bytes):
+        return F.conv2d_forward(x, k, b, strides=(2, 1), padding="same", chunk_bytes=chunk_bytes)
+
+    whole, _ = fwd(case.asarray(x), case.asarray(k), case.asarray(b), None)
+    y, cache = fwd(case.asarray(x), case.asarray(k), case.asarray(b))
+    assert not cache.shifted and len(cache.cols) == -(-5 // cache.chunk) > 1
+    np.testing.assert_allclose(case.check(y, whole.shape), case.check(whole, whole.shape), rtol=case.rtol())
+    _, cache = fwd(*(case.asarray(a, "float64") for a in (x, k, b)))
+    assert len(cache.cols) == -(-5 // cache.chunk) > 1
+    # col2im in chunks of whole images too (one image, or two, per chunk)
+    check_gradients(case, fwd, functools.partial(F.conv2d_backward, dx_chunk_bytes=chunk_bytes // 2), [x, k, b], rng)
 
 
 def test_conv2d_backward_can_skip_dx_and_bias(case, rng):
@@ -288,3 +308,19 @@ def test_max_pool_tie_routing(case, window, strides, expected):
     y, cache = F.max_pool2d_forward(x, 2, strides)
     dx = case.check(F.max_pool2d_backward(case.xp.ones_like(y), cache), x.shape)
     np.testing.assert_array_equal(dx[0, 0], np.array(expected))
+
+
+def test_kernel_caches_are_named_tuples(case, rng):
+    # the backward unpacks its cache by name; a reader (or a debugger) sees what each field is
+    x4, x2 = case.asarray(rng.standard_normal((2, 1, 6, 6))), case.asarray(rng.standard_normal((3, 4)))
+    labels = case.backend.asarray(np.array([0, 2, 1]), "int64")
+    caches = {
+        "ConvCache": F.conv2d_forward(x4, case.asarray(rng.standard_normal((2, 1, 3, 3))))[1],
+        "MaxPoolCache": F.max_pool2d_forward(x4)[1],
+        "AvgPoolCache": F.avg_pool2d_forward(x4)[1],
+        "DenseCache": F.dense_forward(x2, case.asarray(rng.standard_normal((4, 2))))[1],
+        "LogitCache": F.LOSSES["softmax_cross_entropy"][0](x2, labels)[1],
+        "ProbabilityCache": F.LOSSES["binary_cross_entropy"][0](case.asarray([[0.3]]), case.asarray([[1.0]]))[1],
+    }
+    for name, cache in caches.items():
+        assert type(cache).__name__ == name and isinstance(cache, tuple) and cache._fields

@@ -7,6 +7,10 @@ import statistics
 import time
 from pathlib import Path
 
+from ..data import load_dataset, prepare_images
+from ..layers import Conv2D, Dense
+from ..presets import PRESETS, build_model
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 CPU_WORKLOADS = ("P1", "P2", "P4", "P5")
@@ -41,14 +45,12 @@ def _note(workload, name, text):
 
 def lenet(device="cpu", seed=0):
     """The ``lenet`` preset: Conv2D(6, 5, same, relu), pool, Conv2D(16, 5, relu), pool, 120, 84, 10."""
-    from ..presets import PRESETS, build_model
 
     return build_model(PRESETS["lenet"], device=device, seed=seed)
 
 
 def training_flops_per_image(model):
     """FLOPs of one training step per image: 2 x MACs of forward, ∂kernel and (where needed) ∂x."""
-    from ..layers import Conv2D, Dense
 
     macs, shape = 0, model.input_shape
     for layer in model.layers:
@@ -85,7 +87,6 @@ def _timed(fn, sync=None):
 
 
 def _mnist(data_dir, n_train=None, n_test=0):
-    from ..data import load_dataset, prepare_images
 
     ds = load_dataset("mnist", data_dir, download=False, progress=False)
     n_train = len(ds.y_train) if n_train is None else n_train

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -15,9 +13,11 @@ import time
 from pathlib import Path
 
 from ..argtypes import path_arg, positive_float, positive_int, positive_int_list, writable_file
-from ..backend.hostmem import MMAP_THRESHOLD, TRIM_THRESHOLD, keep_freed_host_memory
+from ..backend import gpu_problem
+from ..backend.hostmem import keep_freed_host_memory
 from ..errors import InputError
 from .common import BLAS_ENV, CPU_WORKLOADS, GPU_WORKLOADS, REPO, _note, _row
+from .machine import format_header, machine_info, usable_cores
 from .workers import WORKERS
 
 
@@ -50,6 +50,7 @@ class _Server:
 def run_p2(params, threads):
     """xpcnn vs torch LeNet training at ``threads`` threads: warm-up, then A B / B A blocks."""
     tag, rows = f"t={threads}", []
+    mode = None
     sides = {"xpcnn": _Server(dict(params, side="xpcnn", threads=threads), threads)}
     why = {}
     for peer in ("torch", "keras"):
@@ -59,6 +60,7 @@ def run_p2(params, threads):
             why[peer] = str(exc)
     try:
         flops, ceiling = sides["xpcnn"].info["flops_per_image"], sides["xpcnn"].info["sgemm_gflops"]
+        mode = sides["xpcnn"].info["thread_mode"]
         for bs in params["batch_sizes"]:
             steps = max(2, params["images_per_block"] // bs)
             for side in sides.values():
@@ -72,8 +74,8 @@ def run_p2(params, threads):
             if "torch" in rates:
                 ratio = f"{statistics.median(rates['xpcnn']) / statistics.median(rates['torch']):.2f}x torch; "
             ratio += f"{achieved:.1f} GFLOP/s = {100 * achieved / ceiling:.0f}% of sgemm"
-            rows.append(_row("P2", f"xpcnn numpy  b={bs} {tag}", rates["xpcnn"], "img/s", ratio, batch=bs,
-                             threads=threads, gflops=achieved, sgemm_fraction=achieved / ceiling))
+            rows.append(_row("P2", f"xpcnn numpy  b={bs} {tag} ({mode})", rates["xpcnn"], "img/s", ratio, batch=bs,
+                             threads=threads, thread_mode=mode, gflops=achieved, sgemm_fraction=achieved / ceiling))
             for peer, label in (("torch", "torch cpu   "), ("keras", "keras/torch ")):
                 if peer in rates:
                     vs = statistics.median(rates["xpcnn"]) / statistics.median(rates[peer])
@@ -162,53 +164,6 @@ def run_p5(params, repeats, threads):
     return rows
 
 
-def machine_info():
-    import numpy as np
-
-    info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "worker_malloc": f"glibc mmap threshold {MMAP_THRESHOLD}, trim threshold {TRIM_THRESHOLD} "
-                             "(xpcnn.backend.hostmem)"}
-    try:
-        fields = dict(ln.split(":", 1) for ln in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                      if ":" in ln)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        info["cpu_model"] = fields.get("model name", platform.processor())
-        info["cpu_family_model"] = f"family {fields.get('cpu family')} model {fields.get('model')}"
-        info["avx512f"] = "avx512f" in fields.get("flags", "").split()
-    except (OSError, ValueError):
-        info["cpu_model"] = platform.processor()
-    caches = {}
-    for idx in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level, kind = (idx / "level").read_text().strip(), (idx / "type").read_text().strip()
-            caches[f"L{level} {kind}"] = (idx / "size").read_text().strip()
-        except OSError:
-            pass
-    info["caches_per_cpu0"] = caches
-    versions = {"numpy": np.__version__}
-    for mod in ("array_api_compat", "torch", "cupy", "xpcnn"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            versions[mod] = None
-    info["versions"] = versions
-    try:
-        cfg = np.show_config(mode="dicts")
-        info["blas"] = cfg.get("Build Dependencies", {}).get("blas")
-    except Exception as exc:
-        info["blas"] = f"unknown ({exc})"
-    try:
-        import threadpoolctl
-
-        info["threadpools"] = threadpoolctl.threadpool_info()
-    except ImportError:
-        info["threadpools"] = "threadpoolctl not installed; BLAS threads set via OPENBLAS_NUM_THREADS per worker"
-    info["blas_env"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", *BLAS_ENV)}
-    return info
-
-
 def format_table(rows):
     def num(v):
         if v is None:
@@ -237,7 +192,7 @@ def build_parser():
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="device for P4/P5 (P2 is CPU, P3 GPU)")
     p.add_argument("--quick", action="store_true", help="a smoke run: fewer repeats, one batch size, short P4")
     p.add_argument("--threads", type=positive_int_list, default=None,
-                   help="comma-separated thread counts for P2 (default: '1,<cores>'); P5 uses the last")
+                   help="comma-separated thread counts for P2 (default: '1,2,<usable cores>'); P5 uses the last")
     p.add_argument("--batch-sizes", type=positive_int_list, default=None,
                    help="comma-separated P2 batch sizes (default 32,128,512)")
     p.add_argument("--data-dir", type=path_arg, default=None,
@@ -269,7 +224,7 @@ def main(argv=None):
         if result is not None:
             print(json.dumps(result))
         return 0
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     default = CPU_WORKLOADS if args.device == "cpu" else GPU_WORKLOADS
     workloads = [w.strip().upper() for w in args.workloads.split(",")] if args.workloads else list(default)
     unknown = sorted(set(workloads) - {"P1", "P2", "P3", "P4", "P5"})
@@ -279,7 +234,7 @@ def main(argv=None):
         writable_file(args.json_out, "--json-out")
     except InputError as exc:
         parser.error(f"--json-out {args.json_out}: expected a file in an existing, writable folder ({exc})")
-    threads = args.threads or sorted({1, cores})
+    threads = args.threads or sorted({1, min(2, cores), cores})
     repeats = 3 if args.quick else args.repeats
     data_dir = args.data_dir  # None: the workers' load_dataset looks in XPCNN_DATA_DIR, then the Keras cache
     notes = []
@@ -294,6 +249,7 @@ def main(argv=None):
         Path(args.json_out).write_text(json.dumps(result, indent=2, default=str))
 
     machine = machine_info()
+    print(format_header(machine), flush=True)
     for w in workloads:
         t0 = time.perf_counter()
         print(f"[bench] {w} ...", file=sys.stderr, flush=True)
@@ -337,7 +293,6 @@ def main(argv=None):
         print(f"[bench] {w} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         write_json()
     if "P3" not in workloads and not args.workloads:  # the full CPU run says why P3 is missing
-        from ..backend import gpu_problem
 
         problem = gpu_problem()
         rows.append(_note("P3", "xpcnn cupy vs torch cuda", f"not yet measured: no usable GPU ({problem})"

@@ -10,6 +10,12 @@ import statistics
 import sys
 import time
 
+from .. import layers
+from ..backend import gpu_problem
+from ..data import load_dataset
+from ..model import Sequential
+from ..optimizers import SGD, Adam
+from ..training import check_inputs, device_batches, stage
 from .common import (
     SCRIPTS,
     _batch,
@@ -22,13 +28,12 @@ from .common import (
     sgemm_gflops,
     training_flops_per_image,
 )
+from .machine import xpcnn_thread_mode
 
 
 def worker_p1(a):
     import numpy as np
 
-    from .. import layers
-    from ..model import Sequential
 
     tutorial = _script("tutorial_loops")
     if tutorial is None:
@@ -68,7 +73,6 @@ def worker_p1_torch(a):
     import numpy as np
     import torch
 
-    from ..data import load_dataset
 
     torch.set_num_threads(a["threads"])
     peers = _script("torch_peers")
@@ -134,18 +138,7 @@ def worker_p2(a):
 
         info["keras"] = f"{keras.__version__} on torch {torch.__version__}"
     else:
-        from ..optimizers import SGD
-
-        model = lenet("cpu").compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
-        be = model.backend
-        data = {bs: (be.asarray(x_all[:bs]), be.asarray(y_all[:bs])) for bs in a["batch_sizes"]}
-
-        def block(bs, steps):
-            xb, yb = data[bs]
-            for _ in range(steps):
-                model.train_step(xb, yb)
-            be.synchronize()
-
+        block, info["thread_mode"], model = _xpcnn_p2_block(x_all, y_all, a["batch_sizes"], threads)
         info.update(flops_per_image=training_flops_per_image(model), sgemm_gflops=sgemm_gflops())
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
@@ -159,8 +152,48 @@ def worker_p2(a):
 
 
 
+def _xpcnn_p2_block(x_all, y_all, batch_sizes, threads):
+    """xpcnn's side of P2: ``block(bs, steps)``, the thread mode and the model.
+
+    Mode "fit": ``Sequential.fit(..., threads=N)`` over ``steps`` copies of the batch (its data
+    parallelism, each shard's BLAS on one thread). Mode "blas": a loop of ``train_step`` with
+    OpenBLAS limited to ``threads`` (threadpoolctl, besides OPENBLAS_NUM_THREADS from the runner).
+    """
+    import numpy as np
+
+
+    mode = xpcnn_thread_mode()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1 if mode == "fit" else threads, user_api="blas")
+    except ImportError:  # the runner's OPENBLAS_NUM_THREADS already holds in "blas" mode
+        pass
+    model = lenet("cpu").compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
+    be = model.backend
+    if mode == "fit":
+        repeated = {}
+
+        def block(bs, steps):
+            if (bs, steps) not in repeated:
+                repeated[bs, steps] = (np.concatenate([x_all[:bs]] * steps), np.concatenate([y_all[:bs]] * steps))
+            x, y = repeated[bs, steps]
+            model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, threads=threads)
+            be.synchronize()
+
+        return block, mode, model
+    data = {bs: (be.asarray(x_all[:bs]), be.asarray(y_all[:bs])) for bs in batch_sizes}
+
+    def block(bs, steps):
+        xb, yb = data[bs]
+        for _ in range(steps):
+            model.train_step(xb, yb)
+        be.synchronize()
+
+    return block, mode, model
+
+
 def worker_p3(a):
-    from ..backend import gpu_problem
 
     problem = gpu_problem()
     if problem:
@@ -171,7 +204,6 @@ def worker_p3(a):
         torch_cuda = torch.cuda.is_available()
     except Exception:  # torch is optional: xpcnn GPU vs CPU is still measured
         torch, torch_cuda = None, False
-    from ..optimizers import SGD
 
     peers = _script("torch_peers")
     gpu = lenet("gpu").compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
@@ -235,8 +267,6 @@ def worker_p3(a):
 
 
 def worker_p4(a):
-    from ..data import load_dataset
-    from ..optimizers import Adam
 
     # uint8 pixels, as `xpcnn train` feeds them (bit-identical to scaled floats, but each epoch's
     # fit call checks and stages a quarter of the bytes)
@@ -277,7 +307,6 @@ def worker_p5(a):
     Both libraries keep the set as uint8 pixels and make float32 batches from it, as a user's
     script (or torchvision's MNIST) does: the job measures the framework, not a choice of storage.
     """
-    from ..data import load_dataset
 
     framework, bs = a["framework"], a["batch_size"]
     if framework == "torch":
@@ -296,8 +325,6 @@ def worker_p5(a):
             i = (s * bs) % (len(y) - bs)
             step(tx[i : i + bs].float().div_(255), ty[i : i + bs])
     else:
-        from ..optimizers import SGD
-        from ..training import check_inputs, device_batches, stage
 
         model = lenet(a["device"]).compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
         data = stage(model, *check_inputs(model, x, y))  # what fit does: the uint8 set, once

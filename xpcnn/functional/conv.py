@@ -25,6 +25,24 @@ matmul, the bias folded in as an extra row of ones:
 Y is NCHW and contiguous as it comes out of the matmul: no transposed copy of the output, and
 the layers after it (activation, pooling) see a plain C-ordered array.
 
+With stride 1 in height (LeNet, most CNNs) im2col is not written out at all. Its rows for
+kernel row i are a basic slice of the KW column shifts laid side by side,
+V[n, (c, j), h·OW + ow] = xp[n, c, h, j·DW + ow·SW] (N, C·KW, Hp·OW): the P columns from
+i·DH·OW on (:func:`shifted_columns`). So
+
+    Y[n] = b + Σ_i K_i · V[n][:, i·DH·OW : i·DH·OW + P]      K_i = k[:, :, i, :] as (F, C·KW)
+    ∂E/∂K_i = Σ_n dY[n] · (the same view)ᵀ                   ∂E/∂b = Σ_{n,p} dY
+
+KH matmuls on views of V, which is KH times smaller than cols and is all the cache keeps (the
+gain is measured in BENCHMARKS.md). Larger height strides use im2col as below.
+
+Large batches are done in chunks of whole images: im2col (``chunk_bytes``, default 12 MiB of
+cols per chunk), so each chunk's cols is read by its matmul while it is still in (L3) cache
+instead of streaming the whole cols to DRAM and back; and ∂x for every conv
+(``dx_chunk_bytes``, 3 MiB of col2im's G_i). Up to batch 128 LeNet stays one chunk, so smaller
+batches make no extra array calls (kernel launches on a GPU); chunks are of equal size (but for
+a shorter last one).
+
 Backward (chain rule, dy = ∂E/∂y)
 --------
     [∂E/∂K | ∂E/∂b]ᵀ  = Σ_n [cols[n]; 1] · dY[n]ᵀ   (bias gradient = Σ_{n,oh,ow} dy, for free)
@@ -43,9 +61,7 @@ is q + j·DW in the flattened (n, row, w) index, and it never leaves its row, so
 shifts are additions of whole flattened rows; the row shift i·DH is then one addition of
 (C, N, HG, Wp) blocks. Compared with KK additions of (OH, OW) slices this does Wp/OW more
 multiply-adds but has far fewer, far longer inner loops: NumPy pays per row, not per element,
-on these small images (LeNet's second conv, batch 128, one thread: 4.7 ms -> 3.1 ms for
-Kᵀ·dY + col2im). One matmul for all of G measured the same speed there, with 7 MB more peak
-memory at batch 128.
+on these small images. One matmul for all of G is no faster and needs KH times the memory.
 
 This is where the classic tutorial goes wrong: its filter gradient is computed per image and
 then averaged and resized, instead of the sum over images and positions above.
@@ -53,11 +69,14 @@ then averaged and resized, instead of the sum over images and positions above.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from ..errors import InputError, ShapeError
 from ._checks import check_float_array, check_same_backend, pair
+from .im2col import chunk_images, col2im_flat, im2col, pad2d, row_views, shifted_columns, shifted_matmuls
 
 
 def resolve_padding(padding, in_hw, kernel_hw, strides, dilation):
@@ -88,73 +107,30 @@ def output_size(size, k, s, d, pad):
     return (size + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
 
 
-def pad2d(x, pads):
-    """Zero-pad the last two axes of ``x`` by ((PT, PB), (PL, PR)) on x's device and dtype."""
-    (pt, pb), (pl, pr) = pads
-    if pt == pb == pl == pr == 0:
-        return x
-    xp = array_namespace(x)
-    n, c, h, w = x.shape
-    out = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=x.dtype, device=device_of(x))
-    out[:, :, pt : pt + h, pl : pl + w] = x
-    return out
+class ConvCache(NamedTuple):
+    """What :func:`conv2d_backward` needs from the forward."""
+
+    cols: tuple  # im2col chunks, (NB, C·KK [+ 1], P) each, of images 0..NB-1, NB..2NB-1, ...
+    chunk: int  # NB, images per chunk
+    kernel: Any  # (F, C, KH, KW)
+    has_bias: bool
+    padded_shape: tuple  # (N, C, Hp, Wp)
+    pads: tuple  # ((PT, PB), (PL, PR))
+    strides: tuple
+    dilation: tuple
+    out_hw: tuple  # (OH, OW)
+    shifted: bool = False  # cols is (V,) of :func:`shifted_columns` (stride 1 in height), not im2col
 
 
-def im2col(xpad, kernel_hw, strides, dilation, out_hw, *, ones_row=False):
-    """(N, C, Hp, Wp) -> cols (N, C·KK [+ 1], P), with basic slices only.
-
-    Row (c, i, j) is c·KK + i·KW + j. Two steps, so that most copies move whole (OH, OW) planes
-    instead of OW-long row pieces: the KW column shifts first, ``xs[j] = xp[..., j·DW + SW·ow]``
-    (N, C, Hp, OW), then each offset (i, j) is a row slice of ``xs[j]`` written to rows
-    i·KW + j, + KK, + 2·KK, ... (one slice with step KK). ``ones_row`` appends the row of ones
-    that carries the bias.
-    """
-    xp = array_namespace(xpad)
-    n, c = xpad.shape[:2]
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel_hw, strides, dilation, out_hw
-    kk = kh * kw
-    rows = c * kk
-    xs = xp.stack([xpad[:, :, :, j * dw : j * dw + sw * (ow - 1) + 1 : sw] for j in range(kw)])
-    cols = xp.empty((n, rows + int(ones_row), oh, ow), dtype=xpad.dtype, device=device_of(xpad))
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, i * kw + j : rows : kk, ...] = xs[j, :, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, :]
-    if ones_row:
-        cols[:, rows, ...] = 1
-    return xp.reshape(cols, (n, rows + int(ones_row), oh * ow))
+# im2col is written, then read by the forward matmul: in chunks of at most this many bytes it is
+# still in cache when it is read (L3 sized; one chunk for LeNet up to batch 128, see BENCHMARKS.md)
+CHUNK_BYTES = 12 << 20
+# col2im's intermediate G_i is written by a matmul, then summed KW times: a few L2s (one chunk for
+# LeNet up to batch 128; 1-2 MiB measured the same at batch 512, and split batch 128)
+DX_CHUNK_BYTES = 3 << 20
 
 
-def col2im_flat(dy, kmat, padded_shape, kernel_hw, strides, dilation):
-    """∂E/∂xp (N, C, Hp, Wp) = col2im(Kᵀ·dY), summed on flattened rows (see the module docstring).
-
-    ``kmat`` is the kernel as (F, C·KK); the result is an NCHW view of a (C, N, Hp, Wp) array.
-    """
-    xp = array_namespace(dy, kmat)
-    dev = device_of(dy)
-    n, f, oh, ow = dy.shape
-    _, c, hp, wp = padded_shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, strides, dilation
-    hg = (oh - 1) * sh + 1  # grid rows that receive dy
-    m = n * hg * wp
-    # dy spread onto rows of the padded width, channel-major: grid[f, n, oh·SH, ow·SW] = dy
-    grid = xp.zeros((f, n, hg, wp), dtype=dy.dtype, device=dev)
-    grid[:, :, ::sh, : (ow - 1) * sw + 1 : sw] = xp.permute_dims(dy, (1, 0, 2, 3))
-    grid = xp.reshape(grid, (f, m))
-    # Kᵀ as (KH, KW·C, F): kernel row i gives the (KW·C, N·HG·Wp) block G_i of G = Kᵀ · grid
-    kt = xp.reshape(xp.permute_dims(xp.reshape(kmat, (f, c, kh, kw)), (2, 3, 1, 0)), (kh, kw * c, f))
-    dxt = xp.zeros((c, n, hp, wp), dtype=dy.dtype, device=dev)
-    for i in range(kh):
-        g = xp.matmul(kt[i, ...], grid)  # G_i, rows (j, c): 1/KH of G in memory at a time
-        # Column shifts j·DW keep every non-zero entry inside its grid row, so the KW shifts are
-        # additions of whole flattened rows; the spare (KW-1)·DW columns absorb the last one.
-        row = xp.zeros((c, m + (kw - 1) * dw), dtype=dy.dtype, device=dev)
-        for j in range(kw):
-            row[:, j * dw : j * dw + m] += g[j * c : (j + 1) * c, :]
-        dxt[:, :, i * dh : i * dh + hg, :] += xp.reshape(row[:, :m], (c, n, hg, wp))
-    return xp.permute_dims(dxt, (1, 0, 2, 3))
-
-
-def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation=1):
+def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation=1, chunk_bytes=CHUNK_BYTES):
     """Convolve a batch of images: y = conv(x, kernel) + bias.
 
     Parameters
@@ -164,11 +140,14 @@ def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation
     bias : array (F,) or None
     strides, dilation : int or pair of positive ints
     padding : "valid", "same", int or pair of non-negative ints
+    chunk_bytes : int or None
+        im2col is built and multiplied in chunks of whole images of at most this many bytes
+        (None: the whole batch at once). The result does not depend on it.
 
     Returns
     -------
     y : array (N, F, OH, OW)
-    cache : tuple needed by :func:`conv2d_backward`
+    cache : :class:`ConvCache`, needed by :func:`conv2d_backward`
 
     Examples
     --------
@@ -203,17 +182,36 @@ def conv2d_forward(x, kernel, bias=None, *, strides=1, padding="valid", dilation
         )
     xpad = pad2d(x, pads)
     has_bias = bias is not None
-    cols = im2col(xpad, (kh, kw), strides, dilation, (oh, ow), ones_row=has_bias)
+    if strides[0] == 1:
+        v = shifted_columns(xpad, kw, strides[1], dilation[1], ow)
+        y = shifted_matmuls(xp, kernel, v, dilation[0], (oh, ow))  # (a new array: += is ours to do)
+        if has_bias:
+            y += xp.reshape(bias, (f, 1, 1))
+        return y, ConvCache((v,), n, kernel, has_bias, tuple(xpad.shape), pads, strides, dilation, (oh, ow), True)
     kmat = xp.reshape(kernel, (f, c * kh * kw))
     if has_bias:
         kmat = xp.concat([kmat, xp.reshape(bias, (f, 1))], axis=1)
-    y = xp.reshape(xp.matmul(kmat, cols), (n, f, oh, ow))  # the one (batched) matmul, NCHW
-    cache = (cols, kernel, has_bias, tuple(xpad.shape), pads, strides, dilation, (oh, ow))
-    return y, cache
+    rows, p = c * kh * kw + int(has_bias), oh * ow
+    nb = chunk_images(n, rows * p * xp.finfo(x.dtype).bits // 8, chunk_bytes)
+    cols = []
+    if nb == n:  # one chunk: the matmul's result is y itself
+        cols.append(im2col(xpad, (kh, kw), strides, dilation, (oh, ow), ones_row=has_bias))
+        y = xp.matmul(kmat, cols[0])
+    else:  # chunk by chunk, each cols[k] read by its matmul while it is still in cache
+        y = xp.empty((n, f, p), dtype=x.dtype, device=device_of(x))
+        for start in range(0, n, nb):
+            stop = min(start + nb, n)  # (a stop past the end is not in the standard)
+            cols.append(im2col(xpad[start:stop, ...], (kh, kw), strides, dilation, (oh, ow), ones_row=has_bias))
+            y[start:stop, ...] = xp.matmul(kmat, cols[-1])
+    y = xp.reshape(y, (n, f, oh, ow))  # NCHW
+    return y, ConvCache(tuple(cols), nb, kernel, has_bias, tuple(xpad.shape), pads, strides, dilation, (oh, ow))
 
 
-def conv2d_backward(dy, cache, *, need_dx=True):
+def conv2d_backward(dy, cache, *, need_dx=True, dx_chunk_bytes=DX_CHUNK_BYTES):
     """Gradients of :func:`conv2d_forward`.
+
+    ``dx_chunk_bytes`` (None: the whole batch at once) bounds col2im's intermediate per chunk of
+    images, as ``chunk_bytes`` bounds im2col in the forward; the result does not depend on it.
 
     Returns
     -------
@@ -221,7 +219,7 @@ def conv2d_backward(dy, cache, *, need_dx=True):
     dkernel : array (F, C, KH, KW)
     dbias : array (F,), or None when the forward had no bias
     """
-    cols, kernel, has_bias, padded_shape, pads, strides, dilation, (oh, ow) = cache
+    kernel, padded_shape, (oh, ow) = cache.kernel, cache.padded_shape, cache.out_hw
     xp = array_namespace(dy, kernel)
     f, c, kh, kw = kernel.shape
     n = padded_shape[0]
@@ -230,14 +228,36 @@ def conv2d_backward(dy, cache, *, need_dx=True):
     dy3 = xp.reshape(dy, (n, f, oh * ow))
     # (C·KK [+1], F): per-image products summed over the batch; this orientation (cols · dyᵀ)
     # keeps the long P axis as the contraction of each product.
-    grads = xp.sum(xp.matmul(cols, xp.matrix_transpose(dy3)), axis=0)
     rows = c * kh * kw
-    dkernel = xp.reshape(xp.matrix_transpose(grads[:rows, :]), (f, c, kh, kw))
-    dbias = grads[rows, :] if has_bias else None
+    if cache.shifted:  # ∂E/∂K_i = Σ_n dY[n] · V_i[n]ᵀ, one batched product per kernel row
+        dyt = xp.matrix_transpose(dy3)
+        g = xp.stack([xp.sum(xp.matmul(vi, dyt), axis=0)
+                      for vi in row_views(cache.cols[0], kh, cache.dilation[0], (oh, ow))])
+        dkernel = xp.permute_dims(xp.reshape(g, (kh, c, kw, f)), (3, 1, 0, 2))
+        dbias = xp.sum(dy3, axis=(0, 2)) if cache.has_bias else None
+    else:
+        grads = None
+        for k, cols in enumerate(cache.cols):
+            start = k * cache.chunk
+            g = xp.sum(xp.matmul(cols, xp.matrix_transpose(dy3[start : start + cols.shape[0], ...])), axis=0)
+            grads = g if grads is None else grads + g
+        dkernel = xp.reshape(xp.matrix_transpose(grads[:rows, :]), (f, c, kh, kw))
+        dbias = grads[rows, :] if cache.has_bias else None
     if not need_dx:
         return None, dkernel, dbias
     kmat = xp.reshape(kernel, (f, rows))
-    dxpad = col2im_flat(dy, kmat, padded_shape, (kh, kw), strides, dilation)
-    (pt, pb), (pl, pr) = pads
-    dx = dxpad[:, :, pt : padded_shape[2] - pb, pl : padded_shape[3] - pr]
+    (pt, pb), (pl, pr) = cache.pads
+    _, _, hp, wp = padded_shape
+    # col2im's largest intermediate is G_i, KW·C·HG·Wp values per image (see col2im_flat)
+    per_image = kw * c * ((oh - 1) * cache.strides[0] + 1) * wp * xp.finfo(dy.dtype).bits // 8
+    nb = chunk_images(n, per_image, dx_chunk_bytes)
+    if nb == n:  # one chunk: the (C, N, H, W)-ordered result, as an NCHW view
+        return col2im_flat(dy, kmat, padded_shape, (kh, kw), cache.strides, cache.dilation)[
+            :, :, pt : hp - pb, pl : wp - pr], dkernel, dbias
+    dx = xp.empty((n, c, hp - pt - pb, wp - pl - pr), dtype=dy.dtype, device=device_of(dy))
+    for start in range(0, n, nb):  # chunk by chunk: G_i is still in cache when it is summed
+        stop = min(start + nb, n)
+        dxpad = col2im_flat(dy[start:stop, ...], kmat, (stop - start, c, hp, wp), (kh, kw), cache.strides,
+                            cache.dilation)
+        dx[start:stop, ...] = dxpad[:, :, pt : hp - pb, pl : wp - pr]
     return dx, dkernel, dbias

@@ -15,10 +15,20 @@ NumPy Generator (so CPU and GPU drop the same units); ∂E/∂x = dy · m / (1 -
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from array_api_compat import array_namespace
 
 from ..errors import ShapeError
 from ._checks import check_float_array, check_same_backend
+
+
+class DenseCache(NamedTuple):
+    """What :func:`dense_backward` needs."""
+
+    x: Any  # (N, I)
+    kernel: Any  # (I, U)
+    has_bias: bool
 
 
 def dense_forward(x, kernel, bias=None):
@@ -43,14 +53,13 @@ def dense_forward(x, kernel, bias=None):
     y = xp.matmul(x, kernel)
     if bias is not None:
         y = y + bias
-    return y, (x, kernel, bias is not None)
+    return y, DenseCache(x, kernel, bias is not None)
 
 
 def dense_backward(dy, cache, *, need_dx=True):
     """Returns ``(dx or None, dkernel, dbias or None)``."""
-    x, kernel, has_bias = cache
-    xp = array_namespace(dy, x)
-    dkernel = xp.matmul(xp.matrix_transpose(x), dy)
-    dbias = xp.sum(dy, axis=0) if has_bias else None
-    dx = xp.matmul(dy, xp.matrix_transpose(kernel)) if need_dx else None
+    xp = array_namespace(dy, cache.x)
+    dkernel = xp.matmul(xp.matrix_transpose(cache.x), dy)
+    dbias = xp.sum(dy, axis=0) if cache.has_bias else None
+    dx = xp.matmul(dy, xp.matrix_transpose(cache.kernel)) if need_dx else None
     return dx, dkernel, dbias

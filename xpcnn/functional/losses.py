@@ -16,7 +16,7 @@ softmax_cross_entropy (logits z (N, K), integer labels t (N,); stable log-sum-ex
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
@@ -24,6 +24,20 @@ from array_api_compat import device as device_of
 from ..errors import InputError, ShapeError
 from ._checks import check_float_array, check_same_backend
 from .activations import sigmoid, softmax
+
+
+class ProbabilityCache(NamedTuple):
+    """binary_cross_entropy: the clipped probabilities and the targets, as floats."""
+
+    p: Any
+    target: Any
+
+
+class LogitCache(NamedTuple):
+    """The *_with_logits and softmax losses: the logits and the (one-hot) targets, as floats."""
+
+    logits: Any
+    target: Any
 
 
 def _check_pair(op, pred, target):
@@ -54,12 +68,12 @@ def binary_cross_entropy_forward(pred, target, eps=1e-7):
     p = xp.minimum(xp.maximum(pred, eps), 1.0 - eps)
     t = xp.astype(target, pred.dtype, copy=False)
     loss = -xp.sum(t * xp.log(p) + (1.0 - t) * xp.log1p(-p)) / pred.shape[0]
-    return loss, (p, t)
+    return loss, ProbabilityCache(p, t)
 
 
 def binary_cross_entropy_backward(cache):
-    p, t = cache
-    return (p - t) / (p * (1.0 - p)) / p.shape[0]
+    p = cache.p
+    return (p - cache.target) / (p * (1.0 - p)) / p.shape[0]
 
 
 def binary_cross_entropy_with_logits_forward(logits, target):
@@ -67,12 +81,11 @@ def binary_cross_entropy_with_logits_forward(logits, target):
     t = xp.astype(target, logits.dtype, copy=False)
     z = logits
     loss = xp.sum(xp.maximum(z, xp.zeros_like(z)) - z * t + xp.log1p(xp.exp(-xp.abs(z)))) / z.shape[0]
-    return loss, (z, t)
+    return loss, LogitCache(z, t)
 
 
 def binary_cross_entropy_with_logits_backward(cache):
-    z, t = cache
-    return (sigmoid(z) - t) / z.shape[0]
+    return (sigmoid(cache.logits) - cache.target) / cache.logits.shape[0]
 
 
 def one_hot(labels, num_classes, dtype):
@@ -102,12 +115,11 @@ def softmax_cross_entropy_forward(logits, labels, *, check_range=False):
     lse = xp.log(xp.sum(xp.exp(shifted), axis=1))
     target = one_hot(labels, k, logits.dtype)
     loss = xp.sum(lse - xp.sum(shifted * target, axis=1)) / n
-    return loss, (logits, target)
+    return loss, LogitCache(logits, target)
 
 
 def softmax_cross_entropy_backward(cache):
-    logits, target = cache
-    return (softmax(logits) - target) / logits.shape[0]
+    return (softmax(cache.logits) - cache.target) / cache.logits.shape[0]
 
 
 def accuracy(pred, target, *, threshold=0.5):

@@ -34,11 +34,32 @@ Average pooling
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from ..errors import ShapeError
 from ._checks import check_float_array, pair
+
+
+class MaxPoolCache(NamedTuple):
+    """What :func:`max_pool2d_backward` needs: the input, the output and the window geometry."""
+
+    x: Any  # (N, C, H, W)
+    y: Any  # (N, C, OH, OW)
+    pool: tuple  # (PH, PW)
+    strides: tuple  # (SH, SW)
+    out_hw: tuple  # (OH, OW)
+
+
+class AvgPoolCache(NamedTuple):
+    """What :func:`avg_pool2d_backward` needs: shapes only, no arrays."""
+
+    x_shape: tuple  # (N, C, H, W)
+    pool: tuple
+    strides: tuple
+    out_hw: tuple
 
 
 def pool_output_size(in_hw, pool_size, strides, where):
@@ -79,7 +100,7 @@ def max_pool2d_forward(x, pool_size=2, strides=None):
         for j in range(pw):
             if i or j:
                 y = xp.maximum(y, x[_window(i, j, strides, out_hw)])
-    return y, (x, y, (ph, pw), strides, out_hw)
+    return y, MaxPoolCache(x, y, (ph, pw), strides, out_hw)
 
 
 def max_pool2d_backward(dy, cache):
@@ -94,7 +115,8 @@ def max_pool2d_backward(dy, cache):
            [0., 0.]])
     """
     xp = array_namespace(dy)
-    x, y, (ph, pw), strides, out_hw = cache
+    x, y, strides, out_hw = cache.x, cache.y, cache.strides, cache.out_hw
+    ph, pw = cache.pool
     tiles = _tiles(tuple(x.shape), (ph, pw), strides, out_hw)
     dx = xp.empty_like(x) if tiles else xp.zeros_like(x)
     rest = dy
@@ -121,13 +143,14 @@ def avg_pool2d_forward(x, pool_size=2, strides=None):
         for j in range(pw):
             if i or j:
                 y = y + x[_window(i, j, strides, out_hw)]
-    return y / (ph * pw), (tuple(x.shape), (ph, pw), strides, out_hw)
+    return y / (ph * pw), AvgPoolCache(tuple(x.shape), (ph, pw), strides, out_hw)
 
 
 def avg_pool2d_backward(dy, cache):
     """∂E/∂x of :func:`avg_pool2d_forward`: dy / (PH·PW) spread over each window."""
     xp = array_namespace(dy)
-    x_shape, (ph, pw), strides, out_hw = cache
+    x_shape, strides, out_hw = cache.x_shape, cache.strides, cache.out_hw
+    ph, pw = cache.pool
     tiles = _tiles(x_shape, (ph, pw), strides, out_hw)
     dx = xp.empty(x_shape, dtype=dy.dtype, device=device_of(dy)) if tiles else \
         xp.zeros(x_shape, dtype=dy.dtype, device=device_of(dy))
