@@ -71,11 +71,13 @@ def runs(tiny_data_dir, tmp_path_factory):
     """Checkpoints of finished runs, by (ranks, optimizer, train size): each trained once per module."""
     folder, cache = tmp_path_factory.mktemp("distributed"), {}
 
-    def get(ranks, optimizer, train_size=512):
-        key = ranks, optimizer, train_size
+    def get(ranks, optimizer, train_size=512, threads=None):
+        key = ranks, optimizer, train_size, threads
         if key not in cache:
-            cache[key] = folder / f"{optimizer}-{ranks or 1}-{train_size}.npz"
-            _run(_train(tiny_data_dir, cache[key], ranks=ranks, optimizer=optimizer, train_size=train_size))
+            cache[key] = folder / f"{optimizer}-{ranks or 1}-{train_size}-{threads}.npz"
+            extra = () if threads is None else ("--threads", str(threads))
+            _run(_train(tiny_data_dir, cache[key], ranks=ranks, optimizer=optimizer, train_size=train_size,
+                        extra=extra))
         return cache[key]
 
     return get
@@ -83,14 +85,15 @@ def runs(tiny_data_dir, tmp_path_factory):
 
 # ---------------------------------------------------------------------------- K ranks vs 1
 @needs_mpiexec
-@pytest.mark.parametrize(("ranks", "optimizer", "train_size"), [
-    (2, "sgd", 512),
-    (2, "adam", 512),
-    (3, "sgd", 513),  # uneven shards; the last global batch (1 image) leaves two ranks empty-handed
+@pytest.mark.parametrize(("ranks", "optimizer", "train_size", "threads"), [
+    (2, "sgd", 512, None),
+    (2, "adam", 512, None),
+    (3, "sgd", 513, None),  # uneven shards; the last global batch (1 image) leaves two ranks empty-handed
+    (2, "adam", 512, 2),  # processes x threads: 4 shards of every batch, the threads' sum carried to MPI
 ])
-def test_ranks_end_with_the_weights_of_one_process(runs, ranks, optimizer, train_size):
-    h2, a2 = load_checkpoint(runs(ranks, optimizer, train_size))
-    h1, a1 = load_checkpoint(runs(None, optimizer, train_size))
+def test_ranks_end_with_the_weights_of_one_process(runs, ranks, optimizer, train_size, threads):
+    h2, a2 = load_checkpoint(runs(ranks, optimizer, train_size, threads))
+    h1, a1 = load_checkpoint(runs(None, optimizer, train_size, 1))
     assert h1["epoch"] == h2["epoch"] == 2
     names = sorted(k for k in a1 if k.startswith("weights/"))
     assert names and names == sorted(k for k in a2 if k.startswith("weights/"))

@@ -264,7 +264,7 @@ class Sequential:
             model replicas (one per thread) run through forward and backward at once, BLAS held
             to one thread each, the gradients summed in a fixed order (bit-identical run to run
             for a given number; equal to one thread's to float rounding). Default: on the CPU,
-            one per usable core but at most one per 32 samples of a batch; elsewhere 1.
+            one per usable core but at most one per 64 samples of a batch; elsewhere 1.
         comm : xpcnn.parallel.Communicator, optional
             Train data-parallel as one rank of ``comm`` (e.g. :func:`xpcnn.parallel.mpi.init`):
             this rank takes its shard of every batch and of the validation data; metrics are

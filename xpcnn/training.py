@@ -226,7 +226,7 @@ def _validation_pair(validation_data):
     raise InputError(f"validation_data must be a pair (x_val, y_val). Received {what}.")
 
 
-MIN_SHARD = 32  # samples: a thread's share of a batch smaller than this costs more than it gains
+MIN_SHARD = 64  # samples: a thread's share of a batch smaller than this costs more than it gains
 
 
 def resolve_threads(threads, model, batch_size, comm=LOCAL):

@@ -97,7 +97,8 @@ def machine_info():
 def format_header(info):
     """The lines printed above the table: what machine, what BLAS, how threads were given."""
     v = info.get("versions", {})
-    mode = {"fit": "Sequential.fit(threads=N) shards, one BLAS thread each",
+    mode = {"fit": "fit(threads=N) by its own rule on t cores: N = min(t, batch // 64) shards, one BLAS thread "
+                   "each (N = 1: t BLAS threads)",
             "blas": "BLAS threads (threadpoolctl / OPENBLAS_NUM_THREADS); fit has no threads="}
     return "\n".join([
         f"# {info['date']}  {info.get('cpu_model')} ({info.get('cpu_family_model', '')}), "

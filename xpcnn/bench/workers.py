@@ -15,7 +15,7 @@ from ..backend import gpu_problem
 from ..data import load_dataset
 from ..model import Sequential
 from ..optimizers import SGD, Adam
-from ..training import check_inputs, device_batches, stage
+from ..training import MIN_SHARD, check_inputs, device_batches, stage
 from .common import (
     SCRIPTS,
     _batch,
@@ -155,20 +155,16 @@ def worker_p2(a):
 def _xpcnn_p2_block(x_all, y_all, batch_sizes, threads):
     """xpcnn's side of P2: ``block(bs, steps)``, the thread mode and the model.
 
-    Mode "fit": ``Sequential.fit(..., threads=N)`` over ``steps`` copies of the batch (its data
-    parallelism, each shard's BLAS on one thread). Mode "blas": a loop of ``train_step`` with
-    OpenBLAS limited to ``threads`` (threadpoolctl, besides OPENBLAS_NUM_THREADS from the runner).
+    Mode "fit": ``Sequential.fit`` over ``steps`` copies of the batch with what its default does
+    on ``threads`` cores: ``min(threads, bs // MIN_SHARD)`` shards in threads, each shard's BLAS on
+    one thread, or, when the batch is too small to split, one thread with BLAS on ``threads``
+    threads. Mode "blas": a loop of ``train_step`` with OpenBLAS limited to ``threads``
+    (threadpoolctl, besides OPENBLAS_NUM_THREADS from the runner).
     """
     import numpy as np
-
+    from threadpoolctl import threadpool_limits
 
     mode = xpcnn_thread_mode()
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1 if mode == "fit" else threads, user_api="blas")
-    except ImportError:  # the runner's OPENBLAS_NUM_THREADS already holds in "blas" mode
-        pass
     model = lenet("cpu").compile(SGD(0.01, momentum=0.9), loss="softmax_cross_entropy")
     be = model.backend
     if mode == "fit":
@@ -178,7 +174,9 @@ def _xpcnn_p2_block(x_all, y_all, batch_sizes, threads):
             if (bs, steps) not in repeated:
                 repeated[bs, steps] = (np.concatenate([x_all[:bs]] * steps), np.concatenate([y_all[:bs]] * steps))
             x, y = repeated[bs, steps]
-            model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, threads=threads)
+            shards = min(threads, max(1, bs // MIN_SHARD))
+            with threadpool_limits(threads if shards == 1 else 1, user_api="blas"):
+                model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, threads=shards)
             be.synchronize()
 
         return block, mode, model
