@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -109,12 +110,18 @@ def _batch(data_dir, n, seed=0):
 
 
 
-def _vm_rss_mb():
+def _vm_rss_mb(field="VmRSS"):
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def _vm_peak_mb():
+    """This process's peak resident memory since its exec (VmHWM), MB; ru_maxrss as a fallback."""
+    peak = _vm_rss_mb("VmHWM")
+    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
