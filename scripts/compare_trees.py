@@ -65,7 +65,7 @@ def main(argv=None):
         for label, tree, batch, fit_threads, blas in configs:
             runs[label].append(measure(tree, batch, fit_threads, blas))
     print(f"{'configuration':<28} {'batch':>5} {'BLAS':>4} {'fit':>4} {'median img/s':>13}  runs")
-    for label, tree, batch, fit_threads, blas in configs:
+    for label, _tree, batch, fit_threads, blas in configs:
         v = runs[label]
         print(f"{label:<28} {batch:>5} {blas:>4} {fit_threads:>4} {statistics.median(v):>13,.0f}  "
               + ", ".join(f"{x:,.0f}" for x in v))
