@@ -519,3 +519,14 @@ def test_library_warnings_reach_the_command_line_as_one_line(capsys, tmp_path, t
     assert "accuracy" in done.stdout
     with pytest.warns(UserWarning, match="x is uint8"):  # in-process callers still catch it as a warning
         assert run(["evaluate", "--checkpoint", tmp_path / "flat.npz", "--data-dir", tiny_data_dir], capsys)[0] == 0
+
+
+def test_threads_flag_reaches_fit_and_the_metrics(capsys, tmp_path, tiny_data_dir):
+    metrics = tmp_path / "m.jsonl"
+    argv = train_args(tiny_data_dir, tmp_path, "--threads", 2, "--metrics-out", metrics, "--epochs", 1)
+    argv.remove("--quiet")
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "batch 64, 2 threads" in out
+    assert json.loads(metrics.read_text().splitlines()[-1])["threads"] == 2
+    code, _, err = run(train_args(tiny_data_dir, tmp_path, "--threads", 0), capsys)
+    assert code == 2 and "--threads" in err

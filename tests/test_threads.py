@@ -15,7 +15,7 @@ from xpcnn.backend import Backend
 from xpcnn.parallel import LOCAL
 from xpcnn.parallel.threads import ThreadGroup, run_ranks
 from xpcnn.presets import PRESETS, build_model
-from xpcnn.training import MIN_SHARD, resolve_threads
+from xpcnn.training import MIN_SHARD_MACS, auto_threads, resolve_threads
 
 
 def _model(dtype="float64", optimizer="adam", dropout=False):
@@ -119,26 +119,31 @@ def test_thread_collectives_sum_in_rank_order_and_broadcast_rank_0():
         run_ranks(group, [lambda c=c: c.check_same(c.rank, "the rank") for c in group.communicators()])
 
 
-def test_default_threads_follow_cores_batch_device_and_layers(monkeypatch):
+def test_default_threads_follow_cores_work_per_shard_device_and_layers(monkeypatch):
     import xpcnn.training as training
 
     monkeypatch.setattr(training, "usable_cores", lambda: 4)
-    cpu = _model()
-    assert resolve_threads(None, cpu, 8 * MIN_SHARD) == 4
-    assert resolve_threads(None, cpu, 2 * MIN_SHARD) == 2
-    assert resolve_threads(None, cpu, MIN_SHARD - 1) == 1
-    assert resolve_threads(3, cpu, 1000) == 3
-    assert resolve_threads(None, cpu, 1000, LOCAL) == 4
+    lenet = build_model(PRESETS["lenet"])
+    assert lenet.multiply_adds() == 416_520  # conv 117,600 + conv 240,000 + dense 48,000 + 10,080 + 840
+    shard = -(-MIN_SHARD_MACS // 416_520)  # 61 images of LeNet-5
+    assert resolve_threads(None, lenet, 8 * shard) == 4
+    assert resolve_threads(None, lenet, 2 * shard) == 2
+    assert resolve_threads(None, lenet, 2 * shard - 1) == 1
+    assert resolve_threads(None, lenet, 1000, LOCAL) == 4
+    assert resolve_threads(3, lenet, 10) == 3  # given: taken as given
+    tiny = _model()  # 2,840 multiply-adds a sample: no batch here is worth splitting
+    assert resolve_threads(None, tiny, 1000) == 1
+    assert auto_threads(tiny, 10**5, 4) == 4
     other = _model()
     other.backend = Backend("strict", other.backend.xp, "cpu")
-    assert resolve_threads(None, other, 1000) == 1
+    assert resolve_threads(None, other, 10**6) == 1
     with pytest.raises(xpcnn.InputError, match="threads=2 runs shards of each batch in threads of the CPU"):
         resolve_threads(2, other, 1000)
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(xpcnn.InputError, match="The `threads` argument"):
-            resolve_threads(bad, cpu, 1000)
+            resolve_threads(bad, lenet, 1000)
     coupled = build_model(PRESETS["tutorial-faithful"])  # BatchStandardize: statistics over the batch
-    assert resolve_threads(None, coupled, 200) == 1
+    assert resolve_threads(None, coupled, 10**6) == 1
     with pytest.raises(xpcnn.InputError, match="layer 'batchstandardize' .* over the whole batch"):
         resolve_threads(2, coupled, 200)
 

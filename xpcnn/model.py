@@ -115,6 +115,16 @@ class Sequential:
         """The number of trainable values (weights and biases) of all layers."""
         return sum(layer.count_params() for layer in self.layers)
 
+    def multiply_adds(self):
+        """Multiply-adds of one sample's forward pass (matrix products only), e.g. 416,520 for LeNet-5."""
+        if not self.built:
+            raise InputError("The model is not built yet: pass input_shape=... or call build() / fit() first.")
+        total, shape = 0, self.input_shape
+        for layer in self.layers:
+            total += layer.multiply_adds(shape)
+            shape = layer.output_shape(shape)
+        return total
+
     def summary(self, print_fn=print):
         """The layer table (name, output shape, parameters); printed, and returned as text."""
         if not self.built:
@@ -264,7 +274,8 @@ class Sequential:
             model replicas (one per thread) run through forward and backward at once, BLAS held
             to one thread each, the gradients summed in a fixed order (bit-identical run to run
             for a given number; equal to one thread's to float rounding). Default: on the CPU,
-            one per usable core but at most one per 64 samples of a batch; elsewhere 1.
+            one per usable core while each shard holds enough work (``training.auto_threads``);
+            elsewhere 1.
         comm : xpcnn.parallel.Communicator, optional
             Train data-parallel as one rank of ``comm`` (e.g. :func:`xpcnn.parallel.mpi.init`):
             this rank takes its shard of every batch and of the validation data; metrics are

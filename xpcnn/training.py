@@ -226,14 +226,26 @@ def _validation_pair(validation_data):
     raise InputError(f"validation_data must be a pair (x_val, y_val). Received {what}.")
 
 
-MIN_SHARD = 64  # samples: a thread's share of a batch smaller than this costs more than it gains
+# A thread's share of a batch must hold at least this much matrix work (multiply-adds of the
+# forward pass): below it the calls that hold the GIL cost more than the threads gain. 25 million
+# is 60 samples of LeNet-5 (measured on 2 cores: 2 threads lose at 48 samples each, win at 64).
+MIN_SHARD_MACS = 25_000_000
+
+
+def auto_threads(model, batch_size, cores):
+    """The threads ``fit`` uses by default on ``cores`` cores: one per shard of at least
+    ``MIN_SHARD_MACS`` of forward work, at most one per core (1 for a batch too small to split)."""
+    per_sample = max(1, model.multiply_adds()) if model.built else 1
+    min_shard = -(-MIN_SHARD_MACS // per_sample)
+    return max(1, min(cores, batch_size // min_shard))
 
 
 def resolve_threads(threads, model, batch_size, comm=LOCAL):
     """The number of threads ``fit``/``evaluate``/``predict`` (``threads=...``) use for ``model``.
 
-    ``None`` (the default) on the CPU: one per usable core, but at most one per ``MIN_SHARD``
-    samples of a batch, and 1 under several processes (each process already has its cores),
+    ``None`` (the default) on the CPU: :func:`auto_threads` on the usable cores (a shard of a
+    batch must hold ``MIN_SHARD_MACS`` of work), and 1 under several processes (each process
+    already has its cores),
     for a model whose layers couple the samples of a batch (batch statistics), and on other
     devices. An int is taken as given: it must be positive, and above 1 only on the CPU and for
     a model whose samples are independent.
@@ -242,7 +254,7 @@ def resolve_threads(threads, model, batch_size, comm=LOCAL):
     if threads is None:
         if model.backend.name != "cpu" or comm.size > 1 or coupled is not None:
             return 1
-        return max(1, min(usable_cores(), batch_size // MIN_SHARD))
+        return auto_threads(model, batch_size, usable_cores())
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"The `threads` argument must be a positive int or None. Received threads={threads!r}")
     if threads > 1 and model.backend.name != "cpu":

@@ -97,8 +97,8 @@ def machine_info():
 def format_header(info):
     """The lines printed above the table: what machine, what BLAS, how threads were given."""
     v = info.get("versions", {})
-    mode = {"fit": "fit(threads=N) by its own rule on t cores: N = min(t, batch // 64) shards, one BLAS thread "
-                   "each (N = 1: t BLAS threads)",
+    mode = {"fit": "fit(threads=N) by its own rule on t cores (N <= t shards of >= 25M multiply-adds; LeNet: "
+                   "batch // 61), one BLAS thread each (N = 1: t BLAS threads)",
             "blas": "BLAS threads (threadpoolctl / OPENBLAS_NUM_THREADS); fit has no threads="}
     return "\n".join([
         f"# {info['date']}  {info.get('cpu_model')} ({info.get('cpu_family_model', '')}), "

@@ -14,7 +14,7 @@ from ..backend import gpu_problem
 from ..data import load_dataset
 from ..model import Sequential
 from ..optimizers import SGD, Adam
-from ..training import MIN_SHARD
+from ..training import auto_threads
 from .common import (
     SCRIPTS,
     _batch,
@@ -156,7 +156,7 @@ def _xpcnn_p2_block(x_all, y_all, batch_sizes, threads):
     """xpcnn's side of P2: ``block(bs, steps)``, the thread mode and the model.
 
     Mode "fit": ``Sequential.fit`` over ``steps`` copies of the batch with what its default does
-    on ``threads`` cores: ``min(threads, bs // MIN_SHARD)`` shards in threads, each shard's BLAS on
+    on ``threads`` cores: :func:`xpcnn.training.auto_threads` shards in threads, each shard's BLAS on
     one thread, or, when the batch is too small to split, one thread with BLAS on ``threads``
     threads. Mode "blas": a loop of ``train_step`` with OpenBLAS limited to ``threads``
     (threadpoolctl, besides OPENBLAS_NUM_THREADS from the runner).
@@ -174,7 +174,7 @@ def _xpcnn_p2_block(x_all, y_all, batch_sizes, threads):
             if (bs, steps) not in repeated:
                 repeated[bs, steps] = (np.concatenate([x_all[:bs]] * steps), np.concatenate([y_all[:bs]] * steps))
             x, y = repeated[bs, steps]
-            shards = min(threads, max(1, bs // MIN_SHARD))
+            shards = auto_threads(model, bs, threads)
             with threadpool_limits(threads if shards == 1 else 1, user_api="blas"):
                 model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, threads=shards)
             be.synchronize()

@@ -69,8 +69,8 @@ def build_parser():
     t.add_argument("--plots", type=path_arg, default=None, metavar="DIR",
                    help="write curves, filters and feature maps here")
     t.add_argument("--threads", type=positive_int, default=None,
-                   help="training threads on the CPU (default: one per usable core, at most one per 64 images "
-                        "of a batch; 1 with --distributed)")
+                   help="training threads on the CPU (default: one per usable core, each with a shard of 25M "
+                        "multiply-adds or more: 61 images of lenet; 1 with --distributed)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI ranks (run under mpirun -n K; needs the 'mpi' extra)")

@@ -149,6 +149,11 @@ class Layer:
         """The number of trainable values in ``params``."""
         return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
 
+    def multiply_adds(self, input_shape):
+        """Multiply-adds of the forward pass for one sample of per-sample ``input_shape`` (the
+        matrix products; elementwise work is not counted)."""
+        return 0
+
 
 def _dtype_name(x):
     xp = array_namespace(x)

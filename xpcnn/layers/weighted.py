@@ -132,6 +132,10 @@ class Conv2D(_Weighted):
                              f"input {(h, w)}.")
         return (self.filters, oh, ow)
 
+    def multiply_adds(self, input_shape):
+        f, oh, ow = self.output_shape(input_shape)
+        return f * input_shape[0] * self.kernel_size[0] * self.kernel_size[1] * oh * ow
+
     def _shape_ok(self, shape):
         return shape[0] == self.input_shape[0]  # any image size, the channel count must match
 
@@ -186,6 +190,9 @@ class Dense(_Weighted):
 
     def output_shape(self, input_shape):
         return (self.units,)
+
+    def multiply_adds(self, input_shape):
+        return input_shape[0] * self.units
 
     def _op_forward(self, x):
         return F.dense_forward(x, self.params["kernel"], self.params.get("bias"))
