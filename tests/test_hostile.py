@@ -341,3 +341,15 @@ def test_an_np_savez_compressed_archive_is_refused(tmp_path):
     np.savez_compressed(path, **arrays)  # a valid checkpoint, but deflated
     with pytest.raises(CheckpointError, match=r"c.npz.*compressed \(zip method 8\)"):
         load_checkpoint(path)
+
+
+def test_a_metrics_file_swapped_for_a_fifo_after_the_checks_is_refused_not_waited_on(tmp_path):
+    from xpcnn.cli.train import MetricsFile
+
+    path = tmp_path / "m.jsonl"
+    metrics = MetricsFile(path)
+    path.unlink()
+    os.mkfifo(path)  # between the checks before training and an epoch's write
+    with pytest.raises((InputError, OSError)):  # OSError: ENXIO, a FIFO without a reader; never a hang
+        metrics.write({"epoch": 1})
+    assert stat.S_ISFIFO(os.stat(path).st_mode)

@@ -118,20 +118,25 @@ def set_aside(path, suffix=".damaged") -> Path:
     return aside
 
 
-def open_regular(path, where, *, error=CheckpointError):
-    """Open ``path`` for binary reading without ever blocking; refuse (``error``) what is not a
-    regular file. O_NONBLOCK makes opening a FIFO return at once; fstat then names it."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
+_OPEN_FLAGS = {"rb": os.O_RDONLY, "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+               "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
+
+
+def open_regular(path, where, *, error=CheckpointError, mode="rb"):
+    """Open ``path`` (binary ``mode`` "rb", "wb" or "ab") without ever blocking; refuse (``error``)
+    what is not a regular file. O_NONBLOCK makes opening a FIFO return at once (or fail, for
+    writing with no reader); fstat then names what it is."""
+    flags = _OPEN_FLAGS[mode] | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, 0o666)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = _mode_kind(mode)
+        st_mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(st_mode):
+            kind = _mode_kind(st_mode)
             raise error(f"{where}: it is a {kind}, not a regular file" +
                         ("" if kind == "directory" else "; give the path of a file"))
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, mode)
     except BaseException:
         os.close(fd)
         raise

@@ -29,7 +29,7 @@ from ..diagnostics.plots import plot_feature_maps, plot_filters, plot_history, r
 from ..errors import CheckpointError, InputError
 from ..model import Sequential
 from ..parallel import LOCAL, mpi
-from ..paths import check_train_outputs, metrics_refusal, reported_after_save, set_aside
+from ..paths import check_train_outputs, metrics_refusal, open_regular, reported_after_save, set_aside
 from ..presets import build_model, get_preset, targets
 from ..saving.checkpoint import check_arch, previous_path, read_header
 from ..training import resolve_threads
@@ -164,7 +164,8 @@ class MetricsFile:
         kept = []
         if keep_until_epoch and self.path.exists():
             try:
-                text = self.path.read_text(encoding="utf-8")
+                with open_regular(self.path, f"--metrics-out {self.path}", error=InputError) as f:
+                    text = f.read().decode("utf-8")
             except (UnicodeDecodeError, OSError) as exc:
                 raise InputError(f"Cannot continue the metrics file {self.path}: {type(exc).__name__}: {exc}. "
                                  "Expected the JSON-lines file an earlier run wrote (or a new path).") from None
@@ -174,11 +175,15 @@ class MetricsFile:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue
-        self.path.write_text("".join(line + "\n" for line in kept))
+        self._open("wb", "".join(line + "\n" for line in kept))
 
     def write(self, record):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._open("ab", json.dumps(record) + "\n")
+
+    def _open(self, mode, text):
+        # Never a plain open(): a path swapped for a FIFO since the checks would block it.
+        with open_regular(self.path, f"--metrics-out {self.path}", error=InputError, mode=mode) as f:
+            f.write(text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
 
