@@ -530,3 +530,13 @@ def test_threads_flag_reaches_fit_and_the_metrics(capsys, tmp_path, tiny_data_di
     assert json.loads(metrics.read_text().splitlines()[-1])["threads"] == 2
     code, _, err = run(train_args(tiny_data_dir, tmp_path, "--threads", 0), capsys)
     assert code == 2 and "--threads" in err
+
+
+def test_export_and_import_refuse_to_write_over_the_file_they_read(capsys, tmp_path):
+    ckpt = tmp_path / "m.npz"
+    xpcnn.Sequential([xpcnn.layers.Flatten(), xpcnn.layers.Dense(3)], input_shape=(1, 4, 4)).save(ckpt)
+    before = ckpt.read_bytes()
+    code, _, err = run(["export", "--checkpoint", ckpt, "--format", "onnx", ckpt, "--overwrite"], capsys)
+    assert code == 2 and "the input and the output are the same file" in err and ckpt.read_bytes() == before
+    code, _, err = run(["import", ckpt, "--checkpoint", ckpt, "--overwrite"], capsys)
+    assert code == 2 and "the same file" in err and ckpt.read_bytes() == before

@@ -80,3 +80,23 @@ def test_data_sizes_the_user_gives_must_fit_and_a_presets_are_capped(tiny_data_d
     big = parse("--preset", "tutorial", "--data-dir", tiny_data_dir, "--train-size", 5000, "--quiet")
     with pytest.raises(InputError, match="--train-size 5000 is larger than the 2000 images available"):
         load_data(big, open_run(big, LOCAL, Outputs.open(big, LOCAL)))
+
+
+def test_ranks_above_0_do_not_check_the_outputs_only_rank_0_writes(tmp_path):
+    args = parse("--metrics-out", tmp_path / "no-such-folder" / "m.jsonl", "--plots", tmp_path / "pics")
+    Outputs.open(args, OtherRank())  # rank 1 writes neither: nothing to refuse there
+    with pytest.raises(InputError, match="metrics folder does not exist"):
+        Outputs.open(args, LOCAL)
+
+
+def test_a_checkpoint_without_optimizer_cannot_be_resumed_and_threads_must_fit_the_batch(tmp_path):
+    import xpcnn
+
+    ckpt = tmp_path / "bare.npz"
+    xpcnn.Sequential([xpcnn.layers.Flatten(), xpcnn.layers.Dense(10)], input_shape=(1, 28, 28)).save(ckpt)
+    args = parse("--checkpoint", ckpt, "--resume")
+    with pytest.raises(InputError, match="without a loss and optimizer"):
+        open_run(args, LOCAL, Outputs.open(args, LOCAL))
+    args = parse("--preset", "tutorial", "--batch-size", 3, "--threads", 4)
+    with pytest.raises(InputError, match="--batch-size 3 is smaller than the 4 ranks"):
+        open_run(args, LOCAL, Outputs.open(args, LOCAL))

@@ -164,3 +164,36 @@ def test_more_threads_than_samples_in_a_batch_is_refused():
     x, y = _data(20)
     with pytest.raises(xpcnn.InputError, match="batch size 2 is smaller than the 3 ranks"):
         _model().fit(x, y, batch_size=2, epochs=1, verbose=0, threads=3)
+
+
+def test_fit_called_again_with_threads_continues_the_optimizer_state_exactly():
+    # The replicas copy the model's momentum; they must not alias it (rank 0 updates it in place).
+    x, y = _data()
+    once, twice = _model(optimizer="momentum"), _model(optimizer="momentum")
+    once.fit(x, y, batch_size=64, epochs=2, verbose=0, threads=2, shuffle=False)
+    for _ in range(2):
+        twice.fit(x, y, batch_size=64, epochs=1, verbose=0, threads=2, shuffle=False)
+    for a, b in zip(once.get_weights(), twice.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_dropout_shards_take_their_rows_of_the_batchs_masks():
+    x, y = _data()
+    one, many = _model(dropout=True), _model(dropout=True)
+    one.fit(x, y, batch_size=64, epochs=2, verbose=0, threads=1)
+    many.fit(x, y, batch_size=64, epochs=2, verbose=0, threads=2)
+    for a, b in zip(one.get_weights(), many.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_what_a_callback_changes_on_rank_0_reaches_every_thread():
+    x, y = _data()
+
+    def slow_down(model, epoch, logs):
+        model.optimizer.learning_rate *= 0.1
+
+    one, many = _model(), _model()
+    one.fit(x, y, batch_size=64, epochs=3, verbose=0, threads=1, callbacks=[slow_down])
+    many.fit(x, y, batch_size=64, epochs=3, verbose=0, threads=2, callbacks=[slow_down])
+    for a, b in zip(one.get_weights(), many.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -309,20 +309,31 @@ class Sequential:
     def replica(self):
         """A copy that trains in step with this model: same layers, weights, optimizer and state,
         loss, epoch and history, on the same device (no arrays shared)."""
-        twin = type(self).from_config(self.get_config(), device=self.backend, dtype=self.dtype, seed=self.seed)
+        try:
+            twin = type(self).from_config(self.get_config(), device=self.backend, dtype=self.dtype, seed=self.seed)
+        except InputError as exc:
+            raise InputError(f"Training in threads makes a replica of the model from its config, which failed "
+                             f"({exc}). Use threads=1, or give your layers get_config/from_config.") from None
         twin.set_weights(self.get_weights())
         if self.optimizer is not None:
-            twin.compile(optimizers.get(self.optimizer.get_config()), loss=self.loss)
+            with warnings.catch_warnings():  # compile's warnings were given to this model already
+                warnings.simplefilter("ignore")
+                twin.compile(optimizers.get(self.optimizer.get_config()), loss=self.loss)
             twin.optimizer.epoch = self.optimizer.epoch
             twin.optimizer.set_state(*self.optimizer.get_state(), self.backend, self.dtype)
         twin.epoch, twin.history = self.epoch, {k: list(v) for k, v in self.history.items()}
         return twin
 
-    def reseed_dropout(self, seed, epoch, step):
-        """Give every Dropout layer the mask generator of (seed, epoch, step): resumable runs."""
+    def reseed_dropout(self, seed, epoch, step, rows=None):
+        """Give every Dropout layer the mask generator of (seed, epoch, step): resumable runs.
+
+        ``rows=(nb, lo, hi)``: this rank's rows lo:hi of a batch of nb (data parallelism): each
+        rank draws the whole batch's masks and keeps its rows, so the shards of a batch get the
+        masks one process would have drawn for it."""
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 layer.rng = np.random.default_rng([seed, epoch, step, i])
+                layer.rows = rows
 
     def get_weights(self):
         """Host NumPy copies of all weights, layer by layer, kernel then bias (as Keras)."""

@@ -136,7 +136,8 @@ class Optimizer:
         self.slots, self._layout, self._loaded = {}, [], {}
         for full, a in arrays.items():
             slot, key = full.split("/", 1)
-            self._loaded.setdefault(slot, {})[key] = backend.asarray(np.asarray(to_numpy(a), dtype=dtype))
+            # A copy: the arrays may be another optimizer's live state (get_state returns views).
+            self._loaded.setdefault(slot, {})[key] = backend.asarray(np.array(to_numpy(a), dtype=dtype, copy=True))
 
 
 def _size(shape):

@@ -184,6 +184,9 @@ def device_batches(model, data: Staged, batch_size, order=None, shard=None):
         order = be.asarray(order.astype(np.int64))  # one small transfer an epoch
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
+        if shard is not None:  # this rank's rows of the batch, chosen before anything is gathered
+            lo, hi = shard(stop - start)
+            start, stop = start + lo, start + hi
         if order is None:
             xb, yb = data.x[start:stop, ...], None if data.y is None else data.y[start:stop, ...]
         elif data.on_device:
@@ -192,9 +195,6 @@ def device_batches(model, data: Staged, batch_size, order=None, shard=None):
         else:
             sel = order[start:stop]
             xb, yb = data.x[sel], None if data.y is None else data.y[sel]
-        if shard is not None:
-            lo, hi = shard(stop - start)
-            xb, yb = xb[lo:hi, ...], None if yb is None else yb[lo:hi, ...]
         if not data.on_device:
             xb, yb = be.asarray(xb), None if yb is None else be.asarray(yb)
         if data.pixels:
@@ -289,6 +289,8 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
             "seed": seed}
     if threads == 1:
         return _epochs(model, train_data, val, comm, verbose=verbose, callbacks=callbacks, **loop)
+    # Callbacks run on rank 0 only; what they change (weights, learning rate) reaches the others.
+    loop["sync_after_callbacks"] = bool(callbacks)
     group = ThreadGroup(threads, parent=comm)
     replicas = [model] + [model.replica() for _ in range(threads - 1)]
     ranks = [partial(_epochs, replica, train_data, val, c, verbose=verbose if c.local_rank == 0 else 0,
@@ -297,7 +299,8 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     return run_ranks(group, ranks)[0]
 
 
-def _epochs(model, train_data, val, comm, *, batch_size, epochs, initial_epoch, shuffle, seed, verbose, callbacks):
+def _epochs(model, train_data, val, comm, *, batch_size, epochs, initial_epoch, shuffle, seed, verbose, callbacks,
+            sync_after_callbacks=False):
     """The epoch loop of one rank; returns this call's history."""
     n = train_data.x.shape[0]
     val_data = None if val is None else _eval_data(model, *val, comm)
@@ -318,8 +321,8 @@ def _epochs(model, train_data, val, comm, *, batch_size, epochs, initial_epoch, 
         start = last = time.perf_counter()
         seen = seen_here = shown = 0
         for step, (xb, yb) in enumerate(device_batches(model, train_data, batch_size, order, comm.shard)):
-            model.reseed_dropout(seed, epoch, step)
             nb = min(batch_size, n - step * batch_size)  # the global batch; xb is this rank's share
+            model.reseed_dropout(seed, epoch, step, rows=(nb, *comm.shard(nb)))  # its rows of the batch's masks
             loss, acc = model.train_step(xb, yb, comm, global_batch=nb)
             local = xb.shape[0]
             losses[step] = loss * local
@@ -358,6 +361,8 @@ def _epochs(model, train_data, val, comm, *, batch_size, epochs, initial_epoch, 
             history.setdefault(key, []).append(value)
         for cb in callbacks:
             cb(model, epoch, logs)
+        if sync_after_callbacks:
+            _take_rank0_state(model, comm)
     run_bar.close()
     return history
 
@@ -367,6 +372,13 @@ def _bar_interval():
     stderr is a file or a pipe (a log), which would otherwise fill with a redraw every 0.1 s
     (~90 KB a LeNet run): there each epoch leaves its first and last state and one line every 30 s."""
     return 0.1 if issubclass(tqdm, tqdm_notebook) or sys.stderr.isatty() else 30.0
+
+
+def _take_rank0_state(model, comm):
+    """Every rank takes rank 0's weights and learning-rate settings (after its callbacks ran)."""
+    comm.broadcast_parameters([layer for layer in model.layers if layer.params])
+    opt = model.optimizer
+    opt.learning_rate, opt.epoch_decay = (float(v) for v in comm.broadcast_host([opt.learning_rate, opt.epoch_decay]))
 
 
 def _check_losses(losses, first, last, epoch, comm):

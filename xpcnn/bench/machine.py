@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import inspect
 import os
 import platform
@@ -26,6 +27,13 @@ def xpcnn_thread_mode():
     set with threadpoolctl and OPENBLAS_NUM_THREADS)."""
 
     return "fit" if "threads" in inspect.signature(Sequential.fit).parameters else "blas"
+
+
+def _dist_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def blas_build(blas, threadpools):
@@ -71,11 +79,11 @@ def machine_info():
             pass
     info["caches_per_cpu0"] = caches
     versions = {"numpy": np.__version__}
-    for mod in ("array_api_compat", "torch", "cupy", "xpcnn"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            versions[mod] = None
+    # From the installed distributions: importing torch or CuPy here would only weigh on this
+    # process (whose memory its workers would inherit at fork) and name CuPy outside backend/.
+    for mod, dists in (("array_api_compat", ("array-api-compat",)), ("torch", ("torch",)),
+                       ("cupy", ("cupy-cuda12x", "cupy-cuda13x", "cupy")), ("xpcnn", ("xpcnn",))):
+        versions[mod] = next((v for v in map(_dist_version, dists) if v), None)
     info["versions"] = versions
     try:
         cfg = np.show_config(mode="dicts")

@@ -10,13 +10,16 @@ from ..errors import InputError
 from ..interop.keras import from_keras, to_keras
 from ..interop.onnx import OPSET, to_onnx
 from ..model import Sequential
+from ..paths import refuse_same_file
 
 SUFFIXES = {"onnx": ".onnx", "keras": ".keras"}
 
 
-def _output(path, overwrite, what):
-    """Refuse an existing ``path`` (unless ``overwrite``) or one that cannot be written, before any work."""
+def _output(path, overwrite, what, source):
+    """Refuse an existing ``path`` (unless ``overwrite``), one that cannot be written, or the file
+    read (``source``), before any work."""
     writable_file(path, what)
+    refuse_same_file({"the input": source, f"the {what}": path})
     if Path(path).exists() and not overwrite:
         raise InputError(f"{path} exists already. Add --overwrite to replace it, or choose another path.")
 
@@ -28,7 +31,7 @@ def export(args):
                          "or --format onnx|keras.")
     if fmt == "keras" and not str(args.output).endswith(".keras"):
         raise InputError(f"Keras saves only to files ending in .keras. Received {args.output}.")
-    _output(args.output, args.overwrite, "output")
+    _output(args.output, args.overwrite, "output", args.checkpoint)
     model = Sequential.load(args.checkpoint, device="cpu")
     shape, out = _shape(model.input_shape), _shape(model.output_shape)
     logits = " (logits: apply a softmax for probabilities)" if model.loss == "softmax_cross_entropy" else ""
@@ -44,7 +47,7 @@ def export(args):
 
 
 def import_keras(args):
-    _output(args.checkpoint, args.overwrite, "checkpoint")
+    _output(args.checkpoint, args.overwrite, "checkpoint", args.model)
     model = from_keras(args.model, device="cpu")
     if args.loss:
         model.compile(optimizer="adam", loss=args.loss)

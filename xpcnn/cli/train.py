@@ -14,6 +14,7 @@ writes nothing.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ def train(args):
     comm = communicator(args)
     out = Outputs.open(args, comm)
     run = open_run(args, comm, out)
-    data = load_data(args, run)
+    data = load_data(args, run, quiet=out.quiet)
     seconds = run_epochs(run, data, out, comm)
     out.finish(run, data, seconds, comm)
     return 0
@@ -79,8 +80,13 @@ class Outputs:
         """Check every output (all ranks agree on the outcome) before any data are read."""
         out = cls(args, comm.is_main)
         comm.check_same(len(out.found), "how many of --checkpoint and its .prev exist")
+        # Each rank checks what it writes: the checkpoint path (every rank reads it on --resume),
+        # metrics and pictures only on rank 0.
+        mine = args if out.main else copy.copy(args)
+        if not out.main:
+            mine.metrics_out = mine.plots = None
         try:
-            check_outputs(args, out.found)
+            check_outputs(mine, out.found)
             refused = None
         except InputError as exc:
             refused = exc
@@ -215,6 +221,10 @@ def open_run(args, comm, out):
     comm.check_same(run.model.epoch, "the epoch to start from (each rank reads --checkpoint itself)")
     comm.broadcast_parameters([layer for layer in run.model.layers if layer.params])
     run.threads = resolve_threads(args.threads, run.model, run.batch_size, comm)
+    if run.batch_size < comm.size * run.threads:  # now, before anything is printed or written
+        raise InputError(f"--batch-size {run.batch_size} is smaller than the {comm.size * run.threads} ranks "
+                         f"({comm.size} process{'es' if comm.size > 1 else ''} × --threads {run.threads}); "
+                         "each needs a share of every batch.")
     if run.model.epoch >= run.epochs:  # said even with --quiet: the run does nothing
         out.say(f"{run.model.checkpoint_path} already holds {run.model.epoch} epochs and --epochs {run.epochs} is the "
                 f"total to reach: nothing to train. Give --epochs {run.model.epoch + 1} or more to go on.",
@@ -237,6 +247,10 @@ def resume_run(args, backend, out):
     """The saved run, continued exactly: options that would change it are refused, a changed
     learning rate or decay is said aloud."""
     model = Sequential.load(args.checkpoint, device=backend, fallback=True)
+    if not model.checkpoint_header.get("loss") or not model.checkpoint_header.get("optimizer"):
+        raise InputError(f"{model.checkpoint_path} holds a model without a loss and optimizer (saved before "
+                         "compile, or imported): there is no training run to resume. Start a new run "
+                         "(--overwrite or another --checkpoint).")
     saved = model.checkpoint_header.get("extra", {})
     preset_name = check_resume_options(args, model, saved)
     preset = get_preset(preset_name)
@@ -327,9 +341,10 @@ class Data:
     class_names: tuple
 
 
-def load_data(args, run):
-    """The run's images (uint8, as loaded: the model scales each batch on the device) and targets."""
-    ds = load_dataset(run.dataset, args.data_dir, progress=not args.quiet)
+def load_data(args, run, quiet=None):
+    """The run's images (uint8, as loaded: the model scales each batch on the device) and targets;
+    ``quiet``: no download progress (default ``args.quiet``)."""
+    ds = load_dataset(run.dataset, args.data_dir, progress=not (args.quiet if quiet is None else quiet))
     task = run.preset["task"]
     x, y = _first(ds.x_train, ds.y_train, run.train_size, run.preset["train_size"], "--train-size", task)
     xt, yt = _first(ds.x_test, ds.y_test, run.test_size, run.preset["test_size"], "--test-size", task)

@@ -69,11 +69,15 @@ class Dropout(Layer):
             raise InputError(f"The `rate` argument must be a number in [0, 1). Received rate={rate!r}")
         self.rate = float(rate)
         self.rng = np.random.default_rng(seed)
+        self.rows = None  # (nb, lo, hi): x is rows lo:hi of a batch of nb (set by Sequential.reseed_dropout)
 
     def _forward(self, x, training):
         if not training or self.rate == 0.0:
             return x, None  # x itself: nothing dropped
-        keep = self.rng.random(tuple(x.shape)) >= self.rate  # host RNG: the same mask on every device
+        nb, lo, hi = self.rows if self.rows is not None and self.rows[2] - self.rows[1] == x.shape[0] \
+            else (x.shape[0], 0, x.shape[0])
+        # host RNG: the same mask on every device; a shard keeps its rows of the whole batch's mask
+        keep = self.rng.random((nb, *x.shape[1:]))[lo:hi] >= self.rate
         mask = self.backend.xp.astype(self.backend.asarray(keep), x.dtype)  # 1 byte a value crosses
         return F.dropout_forward(x, mask, self.rate)
 

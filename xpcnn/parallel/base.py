@@ -105,6 +105,10 @@ class Communicator:
             layer.params[key] = array_namespace(p).asarray(piece, dtype=p.dtype, device=device(p), copy=True)
             start += size
 
+    def broadcast_host(self, values):
+        """Rank 0's host numbers (float64) on every rank."""
+        return self._broadcast_host(np.array(values, dtype=np.float64, copy=True))
+
     def check_same(self, value, what):
         """Raise the same InputError on every rank when the ranks hold different numbers ``value``."""
         low, high = (-v for v in self.allreduce_max([-value, value]))
