@@ -100,3 +100,9 @@ def test_a_checkpoint_without_optimizer_cannot_be_resumed_and_threads_must_fit_t
     args = parse("--preset", "tutorial", "--batch-size", 3, "--threads", 4)
     with pytest.raises(InputError, match="--batch-size 3 is smaller than the 4 ranks"):
         open_run(args, LOCAL, Outputs.open(args, LOCAL))
+
+
+def test_a_batch_coupled_preset_is_refused_under_several_processes():
+    args = parse("--preset", "tutorial-faithful")
+    with pytest.raises(InputError, match="--distributed splits every batch .* 'batchstandardize'"):
+        open_run(args, OtherRank(), Outputs.open(args, OtherRank()))

@@ -220,6 +220,11 @@ def open_run(args, comm, out):
     run = resume_run(args, backend, out) if resume else new_run(args, backend)
     comm.check_same(run.model.epoch, "the epoch to start from (each rank reads --checkpoint itself)")
     comm.broadcast_parameters([layer for layer in run.model.layers if layer.params])
+    coupled = next((layer for layer in run.model.layers if layer.couples_batch), None)
+    if comm.size > 1 and coupled is not None:
+        raise InputError(f"--distributed splits every batch over the ranks, but layer '{coupled.name}' "
+                         f"({type(coupled).__name__}) of preset {run.preset_name} computes statistics over the "
+                         "whole batch: run it in one process.")
     run.threads = resolve_threads(args.threads, run.model, run.batch_size, comm)
     if run.batch_size < comm.size * run.threads:  # now, before anything is printed or written
         raise InputError(f"--batch-size {run.batch_size} is smaller than the {comm.size * run.threads} ranks "
