@@ -243,12 +243,11 @@ def auto_threads(model, batch_size, cores):
 def resolve_threads(threads, model, batch_size, comm=LOCAL):
     """The number of threads ``fit``/``evaluate``/``predict`` (``threads=...``) use for ``model``.
 
-    ``None`` (the default) on the CPU: :func:`auto_threads` on the usable cores (a shard of a
-    batch must hold ``MIN_SHARD_MACS`` of work), and 1 under several processes (each process
-    already has its cores),
-    for a model whose layers couple the samples of a batch (batch statistics), and on other
-    devices. An int is taken as given: it must be positive, and above 1 only on the CPU and for
-    a model whose samples are independent.
+    ``None`` (the default): :func:`auto_threads` on the usable cores on the CPU (a shard of a
+    batch must hold ``MIN_SHARD_MACS`` of work); 1 under several processes (each process already
+    has its cores), for a model whose layers couple the samples of a batch (batch statistics),
+    and on other devices. An int is taken as given: it must be positive, and above 1 only on the
+    CPU and for a model whose samples are independent.
     """
     coupled = next((layer for layer in model.layers if layer.couples_batch), None)
     if threads is None:
@@ -266,6 +265,14 @@ def resolve_threads(threads, model, batch_size, comm=LOCAL):
     return threads
 
 
+def check_shares(batch_size, comm, threads, name="The batch size"):
+    """Every rank (process × thread) takes a share of each batch: refuse a batch with fewer samples."""
+    if batch_size < comm.size * threads:
+        raise InputError(f"{name} {batch_size} is smaller than the {comm.size * threads} ranks "
+                         f"({comm.size} process{'es' if comm.size > 1 else ''} × {threads} thread"
+                         f"{'s' if threads > 1 else ''}); each needs a share of every batch.")
+
+
 def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, verbose, initial_epoch,
             callbacks, device_data_bytes, comm, threads):
     initial_epoch, epochs = _epoch_range(batch_size, epochs, initial_epoch, model.epoch)
@@ -280,10 +287,7 @@ def run_fit(model, x, y, *, batch_size, epochs, validation_data, shuffle, seed, 
     if validation_data is not None:  # one warning a call: x_val only when x had none
         val = check_inputs(model, *validation_data, name="x_val", stacklevel=None if x_uint8 else 3)
     threads = resolve_threads(threads, model, batch_size, comm)
-    if batch_size < comm.size * threads:  # every rank takes its shard of each global batch
-        raise InputError(f"The batch size {batch_size} is smaller than the {comm.size * threads} ranks "
-                         f"({comm.size} process{'es' if comm.size > 1 else ''} × {threads} thread"
-                         f"{'s' if threads > 1 else ''}); each needs a share.")
+    check_shares(batch_size, comm, threads)
     train_data = stage(model, x, y, device_data_bytes)  # once for all epochs (and shared by the threads)
     loop = {"batch_size": batch_size, "epochs": epochs, "initial_epoch": initial_epoch, "shuffle": shuffle,
             "seed": seed}
@@ -394,7 +398,7 @@ def run_evaluate(model, x, y, *, comm, batch_size=256, verbose=0, threads=None):
     x, y = check_inputs(model, x, require_given(y, "y", TARGETS), stacklevel=3)  # evaluate -> here
     threads = resolve_threads(threads, model, min(batch_size, x.shape[0]), comm)
     if threads == 1:
-        return _evaluate(model, _eval_data(model, x, y, comm), comm, batch_size=batch_size, verbose=verbose)
+        return _evaluate_rank(model, x, y, comm, batch_size, verbose)
     # Inference keeps no activations, so the threads share the model itself: each its shard.
     group = ThreadGroup(threads, parent=comm)
     return run_ranks(group, [partial(_evaluate_rank, model, x, y, c, batch_size, verbose and c.local_rank == 0)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from ..data import load_dataset, prepare_images
-from ..layers import Conv2D, Dense
 from ..presets import PRESETS, build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,16 +54,8 @@ def training_flops_per_image(model):
 
     macs, shape = 0, model.input_shape
     for layer in model.layers:
-        out = layer.output_shape(shape)
-        if isinstance(layer, Conv2D):
-            kh, kw = layer.kernel_size
-            fwd = out[0] * shape[0] * kh * kw * out[1] * out[2]
-        elif isinstance(layer, Dense):
-            fwd = shape[0] * out[0]
-        else:
-            fwd = 0
-        macs += fwd * (3 if layer.need_input_grad else 2)
-        shape = out
+        macs += layer.multiply_adds(shape) * (3 if layer.need_input_grad else 2)
+        shape = layer.output_shape(shape)
     return 2 * macs
 
 

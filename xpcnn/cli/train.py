@@ -33,7 +33,7 @@ from ..parallel import LOCAL, mpi
 from ..paths import check_train_outputs, metrics_refusal, open_regular, reported_after_save, set_aside
 from ..presets import build_model, get_preset, targets
 from ..saving.checkpoint import check_arch, previous_path, read_header
-from ..training import resolve_threads
+from ..training import check_shares, resolve_threads
 
 
 def train(args):
@@ -226,10 +226,7 @@ def open_run(args, comm, out):
                          f"({type(coupled).__name__}) of preset {run.preset_name} computes statistics over the "
                          "whole batch: run it in one process.")
     run.threads = resolve_threads(args.threads, run.model, run.batch_size, comm)
-    if run.batch_size < comm.size * run.threads:  # now, before anything is printed or written
-        raise InputError(f"--batch-size {run.batch_size} is smaller than the {comm.size * run.threads} ranks "
-                         f"({comm.size} process{'es' if comm.size > 1 else ''} × --threads {run.threads}); "
-                         "each needs a share of every batch.")
+    check_shares(run.batch_size, comm, run.threads, "--batch-size")  # now, before anything is written
     if run.model.epoch >= run.epochs:  # said even with --quiet: the run does nothing
         out.say(f"{run.model.checkpoint_path} already holds {run.model.epoch} epochs and --epochs {run.epochs} is the "
                 f"total to reach: nothing to train. Give --epochs {run.model.epoch + 1} or more to go on.",

@@ -83,9 +83,10 @@ class ThreadGroup:
                 total = reduce(total, other)
             self._result = carry(total)
         self.wait()
-        result = self._result
-        self.wait()  # all have read it before the next collective overwrites the slots
-        return result
+        # No third barrier: rank 0 has read the slots before the barrier above, and it writes the
+        # next result only after the next collective's first barrier, which every rank reaches
+        # only once it has read this one.
+        return self._result
 
 
 class ThreadCommunicator(Communicator):
