@@ -204,9 +204,8 @@ def device_batches(model, data: Staged, batch_size, order=None, shard=None):
 
 def _epoch_range(batch_size, epochs, initial_epoch, done):
     """(first, stop) epochs of a fit call, see ``Sequential.fit``; ``done``: epochs completed."""
-    for name, v in (("batch_size", batch_size), ("epochs", epochs)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InputError(f"The `{name}` argument must be a positive int. Received {name}={v!r}")
+    require_positive_int(batch_size, "batch_size")
+    epochs = require_positive_int(epochs, "epochs")
     if initial_epoch is None:
         return done, done + epochs  # `epochs` more, as repeated calls in Keras/PyTorch loops expect
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:

@@ -149,6 +149,11 @@ class Layer:
         """The number of trainable values in ``params``."""
         return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
 
+    def param_shapes(self, input_shape):
+        """``{name: shape}`` of the weights this layer creates for per-sample ``input_shape``, in
+        ``params`` order; nothing is built or allocated (checkpoint headers are checked with it)."""
+        return {}
+
     def multiply_adds(self, input_shape):
         """Multiply-adds of the forward pass for one sample of per-sample ``input_shape`` (the
         matrix products; elementwise work is not counted)."""

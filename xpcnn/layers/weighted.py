@@ -24,10 +24,14 @@ class _Weighted(Layer):
         initializers.get(kernel_initializer), initializers.get(bias_initializer)  # validate early
         self.seed = seed
 
-    def _make(self, kernel_shape, units, rng):
-        self.params["kernel"] = self._init(self.kernel_initializer, kernel_shape, rng)
-        if self.use_bias:
-            self.params["bias"] = self._init(self.bias_initializer, (units,), rng)
+    def _create_params(self, rng):
+        for name, shape in self.param_shapes(self.input_shape).items():  # kernel, then bias
+            init = self.kernel_initializer if name == "kernel" else self.bias_initializer
+            self.params[name] = self._init(init, shape, rng)
+
+    def param_shapes(self, input_shape):
+        kernel, units = self._kernel_shape(tuple(input_shape))
+        return {"kernel": kernel, "bias": (units,)} if self.use_bias else {"kernel": kernel}
 
     def _forward(self, x, training):
         """y = activation(op(x)); the cache holds both stages'."""
@@ -116,11 +120,11 @@ class Conv2D(_Weighted):
         resolve_padding(padding, (1, 1), (1, 1), (1, 1), (1, 1))  # validate early
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
 
-    def _create_params(self, rng):
-        if len(self.input_shape) != 3:
+    def _kernel_shape(self, input_shape):
+        if len(input_shape) != 3:
             raise ShapeError(f"Layer '{self.name}' needs (channels, height, width) inputs. "
-                             f"Received {self.input_shape}.")
-        self._make((self.filters, self.input_shape[0], *self.kernel_size), self.filters, rng)
+                             f"Received {input_shape}.")
+        return (self.filters, input_shape[0], *self.kernel_size), self.filters
 
     def output_shape(self, input_shape):
         c, h, w = input_shape
@@ -182,11 +186,11 @@ class Dense(_Weighted):
             raise InputError(f"The `units` argument must be a positive int. Received units={units!r}")
         self.units = units
 
-    def _create_params(self, rng):
-        if len(self.input_shape) != 1:
+    def _kernel_shape(self, input_shape):
+        if len(input_shape) != 1:
             raise ShapeError(f"Layer '{self.name}' needs flat (features,) inputs; add Flatten(). "
-                             f"Received {self.input_shape}.")
-        self._make((self.input_shape[0], self.units), self.units, rng)
+                             f"Received {input_shape}.")
+        return (input_shape[0], self.units), self.units
 
     def output_shape(self, input_shape):
         return (self.units,)

@@ -1,7 +1,7 @@
 """The header of a model checkpoint, checked field by field, and the weight shapes its architecture
 implies, computed from the layer configs alone: nothing is built and no array is allocated, so a
-header that claims a 2,000,000-unit layer costs a few bytes to refuse (this module does not import
-:mod:`xpcnn.model` or :mod:`xpcnn.layers`).
+header that claims a 2,000,000-unit layer costs a few bytes to refuse (the layers are constructed
+from their configs, which allocates nothing, and asked for their output and weight shapes).
 
 >>> arch = {"input_shape": [1, 8, 8], "layers": [
 ...     {"class": "Conv2D", "filters": 4, "kernel_size": [3, 3]}, {"class": "Flatten"},
@@ -17,17 +17,13 @@ import math
 
 from .. import optimizers
 from ..errors import CheckpointError, InputError
-from ..functional._checks import pair
-from ..functional.conv import output_size, resolve_padding
 from ..functional.losses import LOSSES
-from ..functional.pooling import pool_output_size
+from ..layers import from_config
 from ..optimizers import OPTIMIZERS
 
 MAX_EPOCH = 10**6
 MAX_LAYERS = 1000
 MAX_ACTIVATION = 2**24  # values per sample after any layer (64 MB in float32): far beyond MNIST-sized work
-_SHAPE_KEEPING = ("Dropout", "Activation", "Sigmoid", "ReLU", "Tanh", "Softmax", "BatchStandardize")
-_POOLS = ("MaxPool2D", "AveragePooling2D")
 
 
 class FieldError(ValueError):
@@ -148,53 +144,11 @@ def param_shapes(arch) -> dict[str, tuple[int, ...]]:
 
 
 def _layer(config, shape, i, out):
-    cls = config.get("class")
-    if cls in _SHAPE_KEEPING:
-        return shape
-    if cls == "Flatten":
-        return (math.prod(shape),)
-    if cls in _POOLS:
-        _rank(shape, 3, cls)
-        size = pair(config.get("pool_size", 2), "pool_size")
-        strides = size if config.get("strides") is None else pair(config["strides"], "strides")
-        return (shape[0], *pool_output_size(shape[1:], size, strides, cls))
-    use_bias = config.get("use_bias", True)
-    if not isinstance(use_bias, bool):
-        raise InputError(f"use_bias must be true or false. Received {use_bias!r}")
-    if cls == "Dense":
-        _rank(shape, 1, cls)
-        units = _positive(config.get("units"), "units")
-        out[f"weights/{i}/kernel"] = (shape[0], units)
-        units_shape = (units,)
-    elif cls == "Conv2D":
-        _rank(shape, 3, cls)
-        filters = _positive(config.get("filters"), "filters")
-        kernel, strides = pair(config.get("kernel_size"), "kernel_size"), pair(config.get("strides", 1), "strides")
-        dilation = pair(config.get("dilation_rate", 1), "dilation_rate")
-        padding = config.get("padding", "valid")
-        pads = resolve_padding(padding if isinstance(padding, str) else pair(padding, "padding", minimum=0),
-                               shape[1:], kernel, strides, dilation)
-        hw = tuple(output_size(s, k, st, d, p) for s, k, st, d, p in zip(shape[1:], kernel, strides, dilation, pads))
-        if min(hw) < 1:
-            raise InputError(f"kernel {kernel} is larger than its padded input {shape[1:]}")
-        out[f"weights/{i}/kernel"] = (filters, shape[0], *kernel)
-        units, units_shape = filters, (filters, *hw)
-    else:
-        raise InputError(f"unknown layer class {json.dumps(cls)}")
-    if use_bias:
-        out[f"weights/{i}/bias"] = (units,)
-    return units_shape
-
-
-def _rank(shape, rank, cls):
-    if len(shape) != rank:
-        raise InputError(f"{cls} needs {'(features,)' if rank == 1 else '(channels, height, width)'} inputs")
-
-
-def _positive(value, name):
-    if not _is_int(value) or value < 1:
-        raise InputError(f"`{name}` must be a positive integer. Received {value!r}")
-    return value
+    """The layer's output shape for ``shape``, its weights' shapes added to ``out``: the layer
+    itself is constructed (which checks its arguments) but never built."""
+    layer = from_config(config)
+    out.update({f"weights/{i}/{name}": s for name, s in layer.param_shapes(shape).items()})
+    return tuple(layer.output_shape(shape))
 
 
 def _want(ok, field, value, expected):
